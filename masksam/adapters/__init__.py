@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from masksam.adapters.base import Adapter, check_num_slices, fold_slices, unfold_slices
+from masksam.adapters.block import BlockAdapters
 from masksam.adapters.bottleneck import BottleneckAdapter
 from masksam.adapters.depth_conv import DepthConvAdapter3D
 from masksam.adapters.depth_mlp import DepthMLPAdapter3D
@@ -24,6 +25,7 @@ __all__ = [
     "check_num_slices",
     "fold_slices",
     "unfold_slices",
+    "BlockAdapters",
     "BottleneckAdapter",
     "DepthConvAdapter3D",
     "DepthMLPAdapter3D",

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+from masksam.adapters.block import BlockAdapters
 from masksam.adapters.bottleneck import BottleneckAdapter
 from masksam.adapters.depth_conv import DepthConvAdapter3D
 from masksam.adapters.low_rank import FacTFactors, FacTQKV, LoRAQKV
 from masksam.adapters.sd_trans import SpaceDepthTranspose
 from masksam.adapters.slice_conv import SliceConvAdapter3D
-from masksam.backbones.encoder import BlockAdapters
 
 __all__ = ["masksam_block_adapters", "ma_sam_block_adapters", "med_sa_block_adapters", "lora_block_adapters"]
 

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
-from segment_anything.modeling.image_encoder import Attention
 from torch import nn
 
 from masksam.adapters.base import Adapter, check_num_slices
 from masksam.adapters.bottleneck import BottleneckAdapter
-from masksam.backbones.attention import sam_attention
 
 __all__ = ["SpaceDepthTranspose", "depth_grid"]
 
@@ -40,11 +39,16 @@ class SpaceDepthTranspose(Adapter):
         super().__init__()
         self.adapter = BottleneckAdapter(dim, hidden_dim)
 
-    def forward(self, x: torch.Tensor, attn: Attention, num_slices: int) -> torch.Tensor:
-        """``x (B*D, h, w, C)`` (the block's normalised input) -> delta ``(B*D, h, w, C)``."""
+    def forward(
+        self, x: torch.Tensor, attend: Callable[[torch.Tensor], torch.Tensor], num_slices: int
+    ) -> torch.Tensor:
+        """``x (B*D, h, w, C)`` (the block's normalised input) -> delta ``(B*D, h, w, C)``.
+
+        ``attend`` is the block's frozen attention on channels-last ``(N, a, b, C)`` grids.
+        """
         n, h, w, c = x.shape
         b = check_num_slices(n, num_slices)
         a, g = depth_grid(num_slices)
         seq = x.reshape(b, num_slices, h, w, c).permute(0, 2, 3, 1, 4).reshape(b * h * w, a, g, c)
-        out = self.adapter(sam_attention(attn, seq))
+        out = self.adapter(attend(seq))
         return out.reshape(b, h, w, num_slices, c).permute(0, 3, 1, 2, 4).reshape(n, h, w, c)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from masksam.backbones.attention import decomposed_rel_pos_bias, sam_attention
-from masksam.backbones.encoder import AdaptedBlock, BlockAdapters, SamViTEncoder3D, TinyViTEncoder3D
+from masksam.backbones.encoder import AdaptedBlock, SamViTEncoder3D, TinyViTEncoder3D
 from masksam.backbones.lite_medsam import LITE_MEDSAM_SHA256, build_lite_medsam, lite_medsam_checkpoint_path
 from masksam.backbones.sam import (
     SAM_PRESETS,
@@ -23,7 +23,6 @@ __all__ = [
     "decomposed_rel_pos_bias",
     "sam_attention",
     "AdaptedBlock",
-    "BlockAdapters",
     "SamViTEncoder3D",
     "TinyViTEncoder3D",
     "LITE_MEDSAM_SHA256",

@@ -14,6 +14,7 @@ Layout: inputs ``(B*D, 3, S, S)`` with the D slices of a stack consecutive; toke
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from segment_anything.modeling.image_encoder import Block, ImageEncoderViT, window_partition, window_unpartition
@@ -21,41 +22,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from masksam.adapters.base import check_num_slices
+from masksam.adapters.block import BlockAdapters
 from masksam.backbones.attention import sam_attention
 
-__all__ = ["BlockAdapters", "AdaptedBlock", "SamViTEncoder3D", "TinyViTEncoder3D"]
-
-
-class BlockAdapters(nn.Module):
-    """The adapters of one ViT block; each slot is optional.
-
-    Slots (all return deltas that the block adds; all take ``(tokens, num_slices)`` unless noted):
-        pre_attn: on the residual stream before attention (MA-SAM's first 3D adapter).
-        qkv: low-rank update of the qkv projection, called on the normalised tokens only (FacT, LoRA).
-        post_attn: on the attention output ``a``, giving ``a + post_attn(a)`` (MaskSAM/Med-SA space adapter).
-        depth_attn: ``depth_attn(norm1(x), attn, num_slices)``, added to the attention branch (Med-SA SD-Trans).
-        pre_mlp: on the residual stream before the MLP (MA-SAM's second 3D adapter).
-        parallel_mlp: on ``norm2(x)``, added as ``parallel_mlp_scale * parallel_mlp(.)`` beside the MLP.
-    """
-
-    def __init__(
-        self,
-        pre_attn: nn.Module | None = None,
-        qkv: nn.Module | None = None,
-        post_attn: nn.Module | None = None,
-        depth_attn: nn.Module | None = None,
-        pre_mlp: nn.Module | None = None,
-        parallel_mlp: nn.Module | None = None,
-        parallel_mlp_scale: float = 0.5,
-    ) -> None:
-        super().__init__()
-        self.pre_attn = pre_attn
-        self.qkv = qkv
-        self.post_attn = post_attn
-        self.depth_attn = depth_attn
-        self.pre_mlp = pre_mlp
-        self.parallel_mlp = parallel_mlp
-        self.parallel_mlp_scale = parallel_mlp_scale
+__all__ = ["AdaptedBlock", "SamViTEncoder3D", "TinyViTEncoder3D"]
 
 
 class AdaptedBlock(nn.Module):
@@ -90,7 +60,7 @@ class AdaptedBlock(nn.Module):
         if ad.post_attn is not None:
             a = a + ad.post_attn(a, num_slices)
         if ad.depth_attn is not None:
-            a = a + ad.depth_attn(normed, self.block.attn, num_slices)
+            a = a + ad.depth_attn(normed, partial(sam_attention, self.block.attn), num_slices)
         x = x + a
         if ad.pre_mlp is not None:
             x = x + ad.pre_mlp(x, num_slices)
