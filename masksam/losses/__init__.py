@@ -8,9 +8,11 @@ from masksam.losses.criterion import SetCriterion
 from masksam.losses.matcher import HungarianMatcher, pairwise_dice_cost, pairwise_sigmoid_bce_cost, sample_mask_pairs
 from masksam.losses.point_sampling import point_sample, uncertainty_points
 from masksam.losses.targets import slice_targets, volume_to_slices
+from masksam.losses.volume_loss import MaskClassificationLoss
 
 __all__ = [
     "HungarianMatcher",
+    "MaskClassificationLoss",
     "SetCriterion",
     "masks_to_boxes_normalized",
     "pairwise_dice_cost",

@@ -135,7 +135,9 @@ class SetCriterion(nn.Module):
             count = count / dist.get_world_size()
         return float(count.clamp(min=1.0).item())
 
-    def _loss_ce(self, logits: Tensor, targets: Sequence[Mapping[str, Tensor]], indices: list[tuple[Tensor, Tensor]]) -> Tensor:
+    def _loss_ce(
+        self, logits: Tensor, targets: Sequence[Mapping[str, Tensor]], indices: list[tuple[Tensor, Tensor]]
+    ) -> Tensor:
         """Weighted cross-entropy over ``K + 1`` classes; ``logits`` is ``(N, Q, K + 1)``."""
         if logits.shape[-1] != self.num_classes + 1:
             raise ValueError(
@@ -166,9 +168,8 @@ class SetCriterion(nn.Module):
             zero = masks.float().sum() * 0.0
             return zero, zero.clone()
         src = masks[batch_idx, src_idx].float()[:, None]  # (Mtot, 1, H', W')
-        tgt = torch.cat(
-            [t["masks"][j].to(masks.device) for t, (_, j) in zip(targets, indices, strict=True)]
-        ).float()[:, None]  # (Mtot, 1, H, W)
+        tgt = torch.cat([t["masks"][j].to(masks.device) for t, (_, j) in zip(targets, indices, strict=True)])
+        tgt = tgt.float()[:, None]  # (Mtot, 1, H, W)
         if self.num_points > 0:
             coords = uncertainty_points(src, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
             point_logits = point_sample(src, coords)  # (Mtot, 1, P)
@@ -267,6 +268,9 @@ class SetCriterion(nn.Module):
 
 def _prediction_index(indices: list[tuple[Tensor, Tensor]], device: torch.device) -> tuple[Tensor, Tensor]:
     """Flatten per-slice matches into ``(slice_index (Mtot,), query_index (Mtot,))`` on ``device``."""
-    batch_idx = torch.cat([torch.full_like(src, n) for n, (src, _) in enumerate(indices)]) if indices else torch.empty(0)
-    src_idx = torch.cat([src for src, _ in indices]) if indices else torch.empty(0)
+    if not indices:
+        empty = torch.empty(0, dtype=torch.int64, device=device)
+        return empty, empty.clone()
+    batch_idx = torch.cat([torch.full_like(src, n) for n, (src, _) in enumerate(indices)])
+    src_idx = torch.cat([src for src, _ in indices])
     return batch_idx.to(device=device, dtype=torch.int64), src_idx.to(device=device, dtype=torch.int64)

@@ -153,7 +153,9 @@ class HungarianMatcher(nn.Module):
         with torch.no_grad(), torch.autocast(device_type=reference.device.type, enabled=False):
             return self._cost_matrix(outputs, target, index, reference)
 
-    def _cost_matrix(self, outputs: Mapping[str, Any], target: Mapping[str, Tensor], index: int, reference: Tensor) -> Tensor:
+    def _cost_matrix(
+        self, outputs: Mapping[str, Any], target: Mapping[str, Tensor], index: int, reference: Tensor
+    ) -> Tensor:
         device = reference.device
         num_queries = reference.shape[1]
         labels = target["labels"].to(device=device, dtype=torch.int64)
@@ -178,7 +180,9 @@ class HungarianMatcher(nn.Module):
                     cost += self.cost_dice * pairwise_dice_cost(pred_pts, tgt_pts)
             if use_aux:
                 aux_pts, tgt_pts = sample_mask_pairs(outputs["aux_masks"][index].float(), tgt_masks, coords)
-                cost += self.cost_aux_mask * (pairwise_sigmoid_bce_cost(aux_pts, tgt_pts) + pairwise_dice_cost(aux_pts, tgt_pts))
+                cost += self.cost_aux_mask * (
+                    pairwise_sigmoid_bce_cost(aux_pts, tgt_pts) + pairwise_dice_cost(aux_pts, tgt_pts)
+                )
 
         if (self.cost_box_l1 > 0 or self.cost_giou > 0) and "aux_boxes" in outputs:
             pred_boxes = outputs["aux_boxes"][index].float()  # (Q, 4)
@@ -189,7 +193,9 @@ class HungarianMatcher(nn.Module):
                 cost += self.cost_giou * -generalized_box_iou(pred_boxes, tgt_boxes)
         return cost
 
-    def forward(self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    def forward(
+        self, outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Tensor]]
+    ) -> list[tuple[Tensor, Tensor]]:
         """Match the queries of every slice to its targets.
 
         Runs under :func:`torch.no_grad` with autocast disabled; every cost is computed in float32

@@ -34,9 +34,7 @@ def point_sample(input: Tensor, coords: Tensor, mode: str = "bilinear") -> Tenso
     if input.ndim != 4:
         raise ValueError(f"input must have shape (N, C, H, W), got shape {tuple(input.shape)}.")
     if coords.ndim != 3 or coords.shape[-1] != 2 or coords.shape[0] != input.shape[0]:
-        raise ValueError(
-            f"coords must have shape (N, P, 2) with N={input.shape[0]}, got shape {tuple(coords.shape)}."
-        )
+        raise ValueError(f"coords must have shape (N, P, 2) with N={input.shape[0]}, got shape {tuple(coords.shape)}.")
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}.")
     grid = (2.0 * coords.to(input.dtype) - 1.0).unsqueeze(2)  # (N, P, 1, 2) in [-1, 1]

