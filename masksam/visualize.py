@@ -37,10 +37,12 @@ def _check_volume(name: str, arr: np.ndarray | None, shape: tuple[int, ...]) -> 
 def overlay_slices(
     image_shape: Sequence[int], label: np.ndarray | None = None, pred: np.ndarray | None = None
 ) -> tuple[int, int, int]:
-    """Pick the slice indices shown by :func:`save_overlay_png`: the centre of mass of the foreground.
+    """Pick the slice indices shown by :func:`save_overlay_png`: through the centre of mass of the foreground.
 
-    The foreground is ``label > 0``, else ``pred > 0`` when there is no label (or it is empty); the volume centre
-    when neither has foreground.
+    The foreground is ``label > 0``, else ``pred > 0`` when there is no label (or it is empty); with neither, the
+    volume centre is used. Along an axis where the slice through the centre of mass holds less than a quarter of the
+    largest foreground area of any slice (e.g. the midline sagittal slice of bilateral structures), the slice with
+    the largest area (nearest to the centre of mass among equals) is taken instead.
 
     Args:
         image_shape: ``(H, W, D)``.
@@ -53,10 +55,31 @@ def overlay_slices(
     from scipy import ndimage
 
     for arr in (label, pred):
-        if arr is not None and np.any(arr > 0):
-            com = ndimage.center_of_mass(np.asarray(arr) > 0)
-            return tuple(int(np.clip(round(c), 0, s - 1)) for c, s in zip(com, image_shape, strict=True))  # type: ignore[return-value]
-    return tuple(int(s) // 2 for s in image_shape)  # type: ignore[return-value]
+        if arr is None or not np.any(arr > 0):
+            continue
+        fg = np.asarray(arr) > 0
+        com = ndimage.center_of_mass(fg)
+        picked = []
+        for axis, (c, n) in enumerate(zip(com, image_shape, strict=True)):
+            index = int(np.clip(round(c), 0, n - 1))
+            area = fg.sum(axis=tuple(a for a in range(3) if a != axis))
+            if area[index] < 0.25 * area.max():
+                best = np.flatnonzero(area == area.max())
+                index = int(best[np.argmin(np.abs(best - c))])
+            picked.append(index)
+        return picked[0], picked[1], picked[2]
+    return image_shape[0] // 2, image_shape[1] // 2, image_shape[2] // 2
+
+
+def _class_colours(max_class: int) -> np.ndarray:
+    """RGBA colours indexed by class value (row 0, background, is transparent); no grey, distinct hues first."""
+    from matplotlib import colormaps
+
+    tab10 = colormaps["tab10"]
+    base = [tab10(i) for i in (0, 1, 2, 3, 4, 6, 8, 9, 5)]  # tab10 without its grey
+    extra = [colormaps["hsv"](x) for x in np.linspace(0.0, 1.0, max(max_class - len(base), 0), endpoint=False)]
+    colours = [(0.0, 0.0, 0.0, 0.0)] + (base + extra)[:max_class]
+    return np.asarray(colours, dtype=np.float64)
 
 
 def _rgba_overlay(seg2d: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
@@ -86,7 +109,10 @@ def save_overlay_png(
     contour of the same colour; the legend names every class present in either segmentation. The image is shown
     in grey between its 0.5th and 99.5th percentiles. Slices are shown in array orientation with the origin at the
     lower left (axial: H across, W up; coronal: H across, D up; sagittal: W across, D up), so a RAS-oriented
-    volume appears in neurological convention: subject's right on the right, anterior and superior up.
+    volume appears in neurological convention: subject's right on the right, anterior and superior up. Volumes
+    stored otherwise (e.g. the pyradiomics CT cases, whose first two axes run right-to-left and
+    anterior-to-posterior) should be reoriented first, e.g. with MONAI's
+    ``Orientation(axcodes="RAS")``.
 
     The PNG is ``panel_px * n_columns`` pixels wide and ``panel_px * 3 + 72`` pixels high (the top 72 pixels hold
     the title and legend).
@@ -132,13 +158,11 @@ def save_overlay_png(
         raise ValueError(f"class value {max_class} has no name in class_names (length {len(class_names)})")
     names = list(class_names) if class_names is not None else [f"class {k}" for k in range(max_class + 1)]
 
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    cmap = colormaps["tab10" if max_class <= 10 else "tab20"]
-    colours = np.vstack([[0.0, 0.0, 0.0, 0.0]] + [cmap((k - 1) % cmap.N) for k in range(1, max_class + 1)])
+    colours = _class_colours(max_class)
     lo, hi = np.percentile(image, [0.5, 99.5]) if image.size else (0.0, 1.0)
     spacing = tuple(spacing) if spacing is not None else (1.0, 1.0, 1.0)
 
@@ -175,8 +199,8 @@ def save_overlay_png(
                 if row == 0:
                     ax.set_title(seg_name, color="white", fontsize=9, pad=2)
             ax.text(
-                0.01, 0.99, f"{view} {slices[fixed]}", color="white", fontsize=7, ha="left", va="top",
-                transform=ax.transAxes,
+                0.02, 0.98, f"{view} {slices[fixed]}", color="white", fontsize=7, ha="left", va="top",
+                transform=ax.transAxes, bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0},
             )  # fmt: skip
 
     if title:
@@ -228,6 +252,7 @@ def save_training_curves(
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(5.0 * len(groups), 3.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -237,6 +262,7 @@ def save_training_curves(
             y = np.asarray(values, dtype=np.float64)
             ax.plot(np.arange(1, len(y) + 1), y, marker="o" if len(y) < 30 else None, markersize=3, label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(group)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

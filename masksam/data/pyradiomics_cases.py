@@ -90,6 +90,7 @@ def fetch_pyradiomics_data(cache_dir: str | os.PathLike[str] | None = None) -> P
     Raises:
         FetchError: if pip cannot download the sdist (no network, no index), the archive is unsafe or lacks
             ``data/``.
+        RuntimeError: if the cache folder exists but holds no cases (delete it).
     """
     cache = resolve_cache_dir(cache_dir)
     root = cache / _CACHE_SUBDIR
@@ -98,7 +99,7 @@ def fetch_pyradiomics_data(cache_dir: str | os.PathLike[str] | None = None) -> P
         logger.debug("pyradiomics cases already extracted in %s", data_dir)
         return data_dir
     if root.exists():
-        raise FetchError(f"{root} exists but holds no cases in data/; delete it and fetch again")
+        raise RuntimeError(f"{root} exists but holds no cases in data/; delete it and fetch again")
 
     with tempfile.TemporaryDirectory(prefix=f".{_CACHE_SUBDIR}-", dir=cache) as tmp:
         tmp_path = Path(tmp)
@@ -178,7 +179,9 @@ def load_case(
     image_np, label_np = image.numpy(), label.numpy()
     if image_np.shape != label_np.shape:
         raise ValueError(f"{label_path} has shape {label_np.shape} but {image_path} has shape {image_np.shape}")
-    if label_np.size and (label_np.min() < 0 or label_np.max() > 255 or not np.array_equal(label_np, np.round(label_np))):
+    if label_np.size and (
+        label_np.min() < 0 or label_np.max() > 255 or not np.array_equal(label_np, np.round(label_np))
+    ):
         raise ValueError(f"{label_path} must hold integer labels in 0..255")
     return {
         "image": image_np.astype(np.float32, copy=False),

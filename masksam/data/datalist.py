@@ -1,0 +1,103 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""Datalists in the MSD / Auto3DSeg JSON format: training/validation splits by fold, inference inputs."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any
+
+__all__ = ["read_datalist", "training_items", "validation_items", "inference_items"]
+
+_IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.mhd")
+
+
+def read_datalist(datalist: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a datalist JSON file, with clear errors for a missing or malformed file."""
+    path = os.fspath(datalist)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"datalist file not found: {path!r}")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"datalist {path!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"datalist {path!r} must hold a JSON object with a 'training' list")
+    return data
+
+
+def _resolve(items: list[dict[str, Any]], base_dir: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            item = {"image": item}
+        item = dict(item)
+        for key in keys:
+            if key in item and isinstance(item[key], str) and not os.path.isabs(item[key]):
+                item[key] = os.path.join(base_dir, item[key])
+        out.append(item)
+    return out
+
+
+def _check(items: list[dict[str, Any]], what: str, path: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    if not items:
+        raise ValueError(f"{what} list of datalist {path!r} is empty")
+    missing = [item[k] for item in items for k in keys if k in item and not os.path.exists(item[k])]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} files named in {path!r} do not exist, e.g. {missing[:3]}")
+    absent = [i for i, item in enumerate(items) if any(k not in item for k in keys)]
+    if absent:
+        raise ValueError(f"{what} items {absent[:5]} of {path!r} lack one of the keys {list(keys)}")
+    return items
+
+
+def training_items(
+    datalist: str | os.PathLike[str], base_dir: str | None = None, fold: int = 0, key: str = "training"
+) -> list[dict[str, Any]]:
+    """Training items: the ``training`` list minus the items of validation ``fold`` (when items carry a ``fold``).
+
+    When the datalist has its own ``validation`` list, every ``training`` item is used. Relative paths are
+    joined to ``base_dir`` (default: the datalist's folder). Missing files raise ``FileNotFoundError``.
+    """
+    data = read_datalist(datalist)
+    base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist))
+    items = _resolve(list(data.get(key, [])), base, ("image", "label"))
+    if "validation" not in data and any("fold" in i for i in items):
+        items = [i for i in items if i.get("fold") != fold]
+    return _check(items, key, os.fspath(datalist), ("image", "label"))
+
+
+def validation_items(
+    datalist: str | os.PathLike[str], base_dir: str | None = None, fold: int = 0, key: str = "training"
+) -> list[dict[str, Any]]:
+    """Validation items: the datalist's ``validation`` list if present, else the ``training`` items of ``fold``."""
+    data = read_datalist(datalist)
+    base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist))
+    if "validation" in data:
+        items = _resolve(list(data["validation"]), base, ("image", "label"))
+        return _check(items, "validation", os.fspath(datalist), ("image", "label"))
+    items = [i for i in _resolve(list(data.get(key, [])), base, ("image", "label")) if i.get("fold") == fold]
+    if not items:
+        raise ValueError(f"datalist {os.fspath(datalist)!r} has no 'validation' list and no {key} item of fold {fold}")
+    return _check(items, f"fold-{fold} validation", os.fspath(datalist), ("image", "label"))
+
+
+def inference_items(
+    dataset_dir: str | os.PathLike[str], datalist: str | os.PathLike[str] | None = None, key: str = "testing"
+) -> list[dict[str, Any]]:
+    """Images to segment: the ``testing`` list of ``datalist`` when given, else every image file in ``dataset_dir``."""
+    dataset_dir = os.fspath(dataset_dir)
+    if datalist:
+        data = read_datalist(datalist)
+        if key not in data:
+            raise ValueError(f"datalist {os.fspath(datalist)!r} has no {key!r} list (keys: {sorted(data)})")
+        items = _resolve(list(data[key]), dataset_dir, ("image",))
+        return _check(items, key, os.fspath(datalist), ("image",))
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"dataset_dir is not a folder: {dataset_dir!r}")
+    files = sorted({f for p in _IMAGE_PATTERNS for f in glob.glob(os.path.join(dataset_dir, p))})
+    if not files:
+        raise ValueError(f"no images ({', '.join(_IMAGE_PATTERNS)}) found in {dataset_dir!r}")
+    return [{"image": f} for f in files]
