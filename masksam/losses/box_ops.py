@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import masks_to_boxes
 
 __all__ = ["masks_to_boxes_normalized"]
 
 
 def masks_to_boxes_normalized(masks: Tensor) -> Tensor:
-    """Tight normalised boxes of binary masks, vectorised over any leading dimensions.
+    """Tight normalised boxes of binary masks, vectorised over any leading dimensions (no loop over masks).
 
     Args:
         masks: ``(..., H, W)`` masks, bool or numeric (any non-zero value is foreground).
@@ -33,12 +32,17 @@ def masks_to_boxes_normalized(masks: Tensor) -> Tensor:
     if masks.ndim < 2:
         raise ValueError(f"masks must have shape (..., H, W), got shape {tuple(masks.shape)}.")
     *lead, height, width = masks.shape
-    flat = masks.reshape(-1, height, width).bool()
-    if flat.shape[0] == 0 or height == 0 or width == 0:
-        return torch.zeros((*lead, 4), dtype=torch.float32, device=masks.device)
-    # torchvision gives inclusive pixel indices (x1, y1, x2, y2) and zeros for empty masks.
-    boxes = masks_to_boxes(flat).to(torch.float32)
-    non_empty = flat.flatten(1).any(dim=1).to(torch.float32)
-    boxes[:, 2:] += non_empty[:, None]  # inclusive last pixel -> exclusive edge
+    flat = masks.reshape(-1, height, width) != 0
+    rows, cols = flat.any(dim=2), flat.any(dim=1)  # (N, H), (N, W): occupied rows and columns
+    non_empty = rows.any(dim=1)
+
+    def first(occupied: Tensor) -> Tensor:  # index of the first True (0 when none)
+        return occupied.float().argmax(dim=1)
+
+    def last(occupied: Tensor) -> Tensor:  # exclusive end: 1 + index of the last True
+        return occupied.shape[1] - occupied.flip(1).float().argmax(dim=1)
+
+    boxes = torch.stack([first(cols), first(rows), last(cols), last(rows)], dim=1).float()
+    boxes = boxes * non_empty[:, None]
     scale = boxes.new_tensor([width, height, width, height])
     return (boxes / scale).reshape(*lead, 4)

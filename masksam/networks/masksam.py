@@ -239,5 +239,5 @@ def build_masksam(
         image_size=image_size,
     )
     model.mark_trainable()
-    logger.info("%s", format_parameter_counts(model, f"MaskSAM[{backbone}]"))
+    logger.debug("%s", format_parameter_counts(model, f"MaskSAM[{backbone}]"))
     return model

@@ -1,0 +1,201 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from tests.bundles.conftest import (
+    REPO,
+    TINY_MODEL,
+    TINY_OVERRIDES,
+    TINY_TRAIN,
+    TINY_TRAIN_OVERRIDES,
+    copy_bundle,
+    run_bundle,
+)
+
+pytestmark = pytest.mark.xdist_group("masksam_bundle")
+
+TINY_META = {
+    "inputs.image": {"spatial_shape": [32, 32, 4]},
+    "outputs.pred": {"num_channels": 3, "spatial_shape": [32, 32, 4], "channel_def": {"0": "bg", "1": "a", "2": "b"}},
+}
+SCHEMA = REPO.parent / "shared" / "monai_meta_schemas" / "meta_schema_20240725.json"
+
+
+def saved_epoch(state: dict) -> int:
+    """Epoch of an ignite trainer state dict (it stores the iteration and the epoch length)."""
+    return state["trainer"]["iteration"] // state["trainer"]["epoch_length"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
+    """The bundle after 2 epochs of tiny training with `python -m monai.bundle run training`."""
+    bundle = copy_bundle("masksam", tmp_path_factory.mktemp("bundle"), TINY_META)
+    proc = run_bundle(
+        bundle, "run", "training", "--config_file", "configs/train.yaml", "--dataset_dir", str(synthetic_dataset),
+        "--max_epochs", "2", *TINY_TRAIN,
+    )  # fmt: skip
+    assert "val_mean_dice" in proc.stdout + proc.stderr
+    assert re.search(r"MaskSAM: [\d.]+M parameters, [\d.]+M trainable", proc.stdout + proc.stderr)
+    return bundle
+
+
+@pytest.mark.skipif(not SCHEMA.exists(), reason=f"offline schema copy not found at {SCHEMA}")
+def test_metadata_verifies_against_the_zoo_schema(tmp_path: Path) -> None:
+    bundle = copy_bundle("masksam", tmp_path)
+    proc = run_bundle(bundle, "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("configs", "workflow_type"),
+    [(["train.yaml"], "train"), (["train.yaml", "evaluate.yaml"], "train"), (["inference.yaml"], "infer")],
+)
+def test_required_properties(tmp_path: Path, synthetic_dataset: Path, configs: list[str], workflow_type: str) -> None:
+    bundle = copy_bundle("masksam", tmp_path)
+    workflow = ConfigWorkflow(
+        config_file=[str(bundle / "configs" / c) for c in configs],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        **(TINY_TRAIN_OVERRIDES if workflow_type == "train" else TINY_OVERRIDES),
+        dataset_dir=str(synthetic_dataset / ("imagesTs" if workflow_type == "infer" else "")),
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+
+
+def test_train_saves_plain_state_dicts_and_full_training_state(trained: Path) -> None:
+    model = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in model.values())
+    assert any(k.startswith("network.prompt_generator.") for k in model)
+    state = torch.load(trained / "models" / "checkpoint_2.pt", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
+    assert saved_epoch(state) == 2
+    assert list((trained / "eval").glob("events.out.tfevents.*")), "TensorBoard logs are written"
+
+
+def test_evaluate_writes_metrics_and_predictions(trained: Path, synthetic_dataset: Path) -> None:
+    run_bundle(
+        trained, "run", "--config_file", "['configs/train.yaml','configs/evaluate.yaml']",
+        "--dataset_dir", str(synthetic_dataset), "--save_predictions", "True", *TINY_TRAIN,
+    )  # fmt: skip
+    raw = (trained / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert raw[0].startswith("filename") and len(raw) == 3, "one row per fold-0 validation case"
+    preds = sorted((trained / "eval" / "predictions").glob("*_seg.nii.gz"))
+    assert [p.name for p in preds] == ["case_000_seg.nii.gz", "case_002_seg.nii.gz"]
+    image = nib.load(synthetic_dataset / "imagesTr" / "case_000.nii.gz")
+    pred = nib.load(preds[0])
+    assert pred.shape == image.shape and np.allclose(pred.affine, image.affine)
+
+
+def test_inference_writes_labels_in_the_original_geometry(trained: Path, synthetic_dataset: Path) -> None:
+    out = trained / "infer_out"
+    run_bundle(
+        trained, "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(synthetic_dataset / "imagesTs"),
+        "--output_dir", str(out), "--save_probabilities", "True", *TINY_MODEL,
+    )  # fmt: skip
+    image = nib.load(synthetic_dataset / "imagesTs" / "case_004.nii.gz")
+    seg = nib.load(out / "case_004_seg.nii.gz")
+    prob = nib.load(out / "case_004_prob.nii.gz")
+    assert seg.shape == image.shape and np.allclose(seg.affine, image.affine)
+    assert seg.get_data_dtype() == np.uint8 and set(np.unique(seg.get_fdata())) <= {0, 1, 2}
+    assert prob.shape == (*image.shape, 3)
+    np.testing.assert_allclose(prob.get_fdata().sum(-1), 1.0, atol=1e-4)
+
+
+def test_verify_net_in_out_and_torchscript_export(trained: Path) -> None:
+    run_bundle(
+        trained, "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+        "--config_file", "configs/inference.yaml", *TINY_MODEL,
+    )  # fmt: skip
+    run_bundle(
+        trained, "ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
+        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml", "--use_trace", "True",
+        "--input_shape", "[1,1,32,32,4]", *TINY_MODEL,
+    )  # fmt: skip
+    scripted = torch.jit.load(str(trained / "models" / "model.ts"))
+    workflow = ConfigWorkflow(
+        config_file=str(trained / "configs" / "inference.yaml"), workflow_type="infer", **TINY_OVERRIDES
+    )
+    workflow.initialize()
+    net = workflow.parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(1, 1, 32, 32, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_multi_gpu_config_runs_ddp_with_gloo(tmp_path: Path, synthetic_dataset: Path) -> None:
+    bundle = copy_bundle("masksam", tmp_path)
+    proc = run_bundle(
+        bundle, "run", "--config_file", "['configs/train.yaml','configs/multi_gpu_train.yaml']",
+        "--dataset_dir", str(synthetic_dataset), "--max_epochs", "1", *TINY_TRAIN, torchrun=2,
+    )  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert log.count("training from scratch") == 2, "both ranks start the trainer"
+    assert (bundle / "models" / "checkpoint_1.pt").exists()
+
+
+def test_resume_after_sigkill(tmp_path: Path, synthetic_dataset: Path) -> None:
+    bundle = copy_bundle("masksam", tmp_path)
+    args = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/train.yaml",
+        "--dataset_dir", str(synthetic_dataset), "--max_epochs", "40", *TINY_TRAIN,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=bundle, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    models = bundle / "models"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(models.glob("checkpoint_[3-9].pt")):
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = list(models.glob("checkpoint_*.pt"))
+    assert len(saved) == 1, f"one checkpoint kept, no partial files: {list(models.iterdir())}"
+    state = torch.load(saved[0], map_location="cpu", weights_only=True)  # loads: nothing truncated
+    epoch = saved_epoch(state)
+    assert epoch >= 3
+
+    # In-process: the handler restores the optimizer state and the epoch exactly.
+    workflow = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.yaml"),
+        workflow_type="train",
+        **TINY_TRAIN_OVERRIDES,
+        bundle_root=str(bundle),
+        dataset_dir=str(synthetic_dataset),
+        max_epochs=epoch + 1,
+    )
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    handler = next(h for h in workflow.parser.get_parsed_content("train#handlers") if hasattr(h, "load"))
+    handler.load(trainer)
+    assert trainer.state.epoch == epoch
+    optimizer = workflow.parser.get_parsed_content("optimizer")
+    loaded = optimizer.state_dict()["state"]
+    assert loaded.keys() == state["optimizer"]["state"].keys()
+    for k in loaded:
+        torch.testing.assert_close(loaded[k]["exp_avg"], state["optimizer"]["state"][k]["exp_avg"])
+
+    # And the real command continues from the saved epoch to the end.
+    done = run_bundle(
+        bundle, "run", "--config_file", "configs/train.yaml", "--dataset_dir", str(synthetic_dataset),
+        "--max_epochs", str(epoch + 1), *TINY_TRAIN,
+    )  # fmt: skip
+    assert re.search(rf"resumed from .*checkpoint_{epoch}\.pt: epoch {epoch}", done.stdout + done.stderr)
+    final = torch.load(models / f"checkpoint_{epoch + 1}.pt", map_location="cpu", weights_only=True)
+    assert saved_epoch(final) == epoch + 1
