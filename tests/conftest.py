@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
+
+from masksam.data.cache import default_cache_dir
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -16,3 +19,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def real_cache_dir() -> Path:
+    """Cache for real data: ``$MASKSAM_CACHE`` or ``~/.cache/masksam``, so repeated runs do not fetch again."""
+    return default_cache_dir()
