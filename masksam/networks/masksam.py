@@ -188,7 +188,8 @@ def build_masksam(
         encoder_adapter_dim: hidden width of the encoder's depth-conv adapters (research code: embed_dim/4,
             i.e. 320 for ViT-H; None selects that).
         decoder_adapter_dim: hidden width of the decoder adapters (research code: 64).
-        generator_widths: prompt generator stage widths (default 256, 128, 128, 64, 64 for a stride-16 neck).
+        generator_widths: prompt generator stage widths (default 192, 96, 96, 48, 48 for a stride-16 neck;
+            research code 256, 128, 128, 64, 64).
         stem_channels: hidden channels of the 3D stem.
         mask_head_channels: hidden channels of the final 3D CNN (research code: 64).
         gradient_checkpointing: recompute encoder activations in the backward pass.

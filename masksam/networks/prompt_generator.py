@@ -78,8 +78,9 @@ class PromptGenerator3D(nn.Module):
         feature_strides: their in-plane strides (``encoder.feature_strides``); the neck's must be a power of 2.
         num_queries: Q.
         token_dim: width of the classifier tokens (the SAM decoder width, 256); must be a square number.
-        widths: channels of the neck stage and of each up-sampling stage (default ``[256, 128, 128, 64, 64]``
-            truncated to the number of stages).
+        widths: channels of the neck stage and of each up-sampling stage (default ``[192, 96, 96, 48, 48]``
+            truncated to the number of stages, which keeps MaskSAM ViT-H near the paper's ~14 M trainable
+            parameters; the research code used ``[256, 128, 128, 64, 64]``).
         box_pool: in-plane size the stage outputs are pooled to for the box head (2 -> 4 numbers per box).
     """
 
@@ -106,7 +107,7 @@ class PromptGenerator3D(nn.Module):
         skips = list(zip(feature_channels[:-1], feature_strides[:-1], strict=True))[::-1][:num_stages]
         if len(skips) < num_stages:
             raise ValueError(f"{num_stages} up-sampling stages need {num_stages} skip features, got {len(skips)}")
-        widths = list(widths) if widths is not None else [256, 128, 128, 64, 64, 64][: num_stages + 1]
+        widths = list(widths) if widths is not None else [192, 96, 96, 48, 48, 48][: num_stages + 1]
         if len(widths) != num_stages + 1:
             raise ValueError(f"widths needs {num_stages + 1} entries for a neck stride {feature_strides[-1]}, got {widths}")
         self.num_queries = num_queries

