@@ -91,8 +91,9 @@ def _train(overrides: dict[str, Any], time_budget_s: float) -> dict[str, list[fl
     def _record(engine: Any) -> None:
         history["train loss"].append(float(engine.state.output["loss"]))
         if time.time() - start > time_budget_s:
-            logger.warning("training time budget of %.0f s reached at epoch %d: stopping", time_budget_s,
-                           engine.state.epoch)
+            logger.warning(
+                "training time budget of %.0f s reached at epoch %d: stopping", time_budget_s, engine.state.epoch
+            )
             engine.terminate()
 
     @evaluator.on(Events.EPOCH_COMPLETED)
@@ -127,8 +128,9 @@ def _infer(work_dir: Path, image_dir: Path, out_dir: Path, overrides: dict[str, 
     workflow.finalize()
 
 
-def run_demo(output_dir: str = "demo_output", epochs: int = 60, time_budget_min: float = 9.0,
-             cache_dir: str | None = None) -> dict[str, Any]:
+def run_demo(
+    output_dir: str = "demo_output", epochs: int = 60, time_budget_min: float = 9.0, cache_dir: str | None = None
+) -> dict[str, Any]:
     """Run the whole demo; returns the per-structure Dice, mean Dice and timings (also printed)."""
     from masksam.backbones import lite_medsam_checkpoint_path
     from masksam.data import build_colin27_deep_grey, class_names
@@ -196,7 +198,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output-dir", default="demo_output", help="where models, prediction and PNGs go")
     parser.add_argument("--epochs", type=int, default=60, help="training epochs (one volume, 2 crops each)")
     parser.add_argument("--time-budget-min", type=float, default=9.0, help="stop training after this many minutes")
-    parser.add_argument("--cache-dir", default=None, help="cache of fetched data (default $MASKSAM_CACHE or ~/.cache/masksam)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="cache of fetched data (default $MASKSAM_CACHE or ~/.cache/masksam)"
+    )
     args = parser.parse_args(argv)
     run_demo(args.output_dir, args.epochs, args.time_budget_min, args.cache_dir)
 

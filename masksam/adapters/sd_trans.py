@@ -7,7 +7,6 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from masksam.adapters.base import Adapter, check_num_slices
 from masksam.adapters.bottleneck import BottleneckAdapter
@@ -39,9 +38,7 @@ class SpaceDepthTranspose(Adapter):
         super().__init__()
         self.adapter = BottleneckAdapter(dim, hidden_dim)
 
-    def forward(
-        self, x: torch.Tensor, attend: Callable[[torch.Tensor], torch.Tensor], num_slices: int
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attend: Callable[[torch.Tensor], torch.Tensor], num_slices: int) -> torch.Tensor:
         """``x (B*D, h, w, C)`` (the block's normalised input) -> delta ``(B*D, h, w, C)``.
 
         ``attend`` is the block's frozen attention on channels-last ``(N, a, b, C)`` grids.

@@ -168,7 +168,9 @@ class TinyViTEncoder3D(nn.Module):
         if stage_adapters is None:
             stage_adapters = [None] * len(stages)
         if len(stage_adapters) != len(stages):
-            raise ValueError(f"got adapters for {len(stage_adapters)} stages, TinyViT has {len(stages)} attention stages")
+            raise ValueError(
+                f"got adapters for {len(stage_adapters)} stages, TinyViT has {len(stages)} attention stages"
+            )
         self.stage_adapters = nn.ModuleList()
         for stage, adapters in zip(stages, stage_adapters, strict=True):
             adapters = list(adapters) if adapters is not None else []

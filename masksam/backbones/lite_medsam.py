@@ -81,7 +81,9 @@ def _make_encoder(image_size: int) -> torch.nn.Module:
     )
 
 
-def build_lite_medsam(image_size: int = 256, checkpoint: str | os.PathLike[str] | None = None, strict: bool = True) -> Sam:
+def build_lite_medsam(
+    image_size: int = 256, checkpoint: str | os.PathLike[str] | None = None, strict: bool = True
+) -> Sam:
     """Build LiteMedSAM as a ``segment_anything`` ``Sam`` for square inputs of ``image_size``.
 
     The image encoder maps ``(B, 3, S, S)`` to ``(B, 256, S/4, S/4)``. Images are expected in [0, 1]
@@ -98,7 +100,10 @@ def build_lite_medsam(image_size: int = 256, checkpoint: str | os.PathLike[str] 
     sam = Sam(
         image_encoder=_make_encoder(image_size),
         prompt_encoder=PromptEncoder(
-            embed_dim=256, image_embedding_size=(grid, grid), input_image_size=(image_size, image_size), mask_in_chans=16
+            embed_dim=256,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
@@ -117,4 +122,3 @@ def build_lite_medsam(image_size: int = 256, checkpoint: str | os.PathLike[str] 
         load_sam_checkpoint(sam, checkpoint, strict=strict)
         sam.eval()  # refresh TinyViT's cached attention biases from the loaded parameters
     return sam
-

@@ -325,4 +325,3 @@ def load_sam_checkpoint(
         logger.warning("%s; missing %s; unexpected %s", report, report.missing[:10], report.unexpected[:10])
     model.load_state_dict(loadable, strict=False)
     return report
-

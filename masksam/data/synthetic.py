@@ -56,7 +56,9 @@ def make_synthetic_dataset(
         if i < num_cases:
             nib.save(nib.Nifti1Image(image.astype(np.float32), affine), out / "imagesTr" / image_file)
             nib.save(nib.Nifti1Image(label, affine), out / "labelsTr" / image_file)
-            training.append({"image": f"imagesTr/{image_file}", "label": f"labelsTr/{image_file}", "fold": i % num_folds})
+            training.append(
+                {"image": f"imagesTr/{image_file}", "label": f"labelsTr/{image_file}", "fold": i % num_folds}
+            )
         else:
             nib.save(nib.Nifti1Image(image.astype(np.float32), affine), out / "imagesTs" / image_file)
             testing.append({"image": f"imagesTs/{image_file}"})

@@ -109,7 +109,9 @@ class PromptGenerator3D(nn.Module):
             raise ValueError(f"{num_stages} up-sampling stages need {num_stages} skip features, got {len(skips)}")
         widths = list(widths) if widths is not None else [192, 96, 96, 48, 48, 48][: num_stages + 1]
         if len(widths) != num_stages + 1:
-            raise ValueError(f"widths needs {num_stages + 1} entries for a neck stride {feature_strides[-1]}, got {widths}")
+            raise ValueError(
+                f"widths needs {num_stages + 1} entries for a neck stride {feature_strides[-1]}, got {widths}"
+            )
         self.num_queries = num_queries
         self.token_side = token_side
         self.neck_stage = ConvBlock3D(feature_channels[-1], widths[0])
@@ -119,7 +121,9 @@ class PromptGenerator3D(nn.Module):
         for s, (skip_channels, skip_stride) in enumerate(skips, start=1):
             target_stride = feature_strides[-1] // 2**s
             self.ups.append(_up(widths[s - 1], widths[s]))
-            self.skips.append(_Skip(skip_channels, widths[s], _num_doublings(skip_stride / target_stride, "skip stride")))
+            self.skips.append(
+                _Skip(skip_channels, widths[s], _num_doublings(skip_stride / target_stride, "skip stride"))
+            )
             self.fuse.append(ConvBlock3D(2 * widths[s], widths[s]))
         total = sum(widths)
         self.mask_head = nn.Conv3d(widths[-1], num_queries, kernel_size=1)
@@ -127,7 +131,9 @@ class PromptGenerator3D(nn.Module):
             nn.Conv3d(total, num_queries, kernel_size=1), nn.InstanceNorm3d(num_queries, affine=True)
         )
         self.token_head = nn.Sequential(
-            nn.Conv3d(total, num_queries, kernel_size=3, padding=1), nn.InstanceNorm3d(num_queries, affine=True), nn.GELU()
+            nn.Conv3d(total, num_queries, kernel_size=3, padding=1),
+            nn.InstanceNorm3d(num_queries, affine=True),
+            nn.GELU(),
         )
         self.box_pool = box_pool
 

@@ -148,7 +148,9 @@ def test_fact_factors_are_shared_and_counted_once() -> None:
     adapters = ma_sam_block_adapters(dim=32, depth=4, rank=4, hidden_dim=8)
     assert adapters[0].qkv.factors is adapters[3].qkv.factors
     model = nn.ModuleList(adapters)
-    per_block = sum(p.numel() for p in adapters[0].parameters()) - sum(p.numel() for p in adapters[0].qkv.factors.parameters())
+    per_block = sum(p.numel() for p in adapters[0].parameters()) - sum(
+        p.numel() for p in adapters[0].qkv.factors.parameters()
+    )
     shared = sum(p.numel() for p in adapters[0].qkv.factors.parameters())
     assert count_parameters(model) == (4 * per_block + shared, 4 * per_block + shared)
 
@@ -165,7 +167,9 @@ def test_mark_trainable_by_type(tiny_sam) -> None:
         is_adapter = any(isinstance(m, Adapter) for n, m in model.named_modules() if owner.startswith(n) and n)
         assert p.requires_grad == (is_adapter or name.startswith("head")), name
         assert not isinstance(module, nn.LayerNorm) or p.requires_grad == is_adapter
-    adapter_params = sum(p.numel() for m in model.modules() if isinstance(m, DepthConvAdapter3D) for p in m.parameters())
+    adapter_params = sum(
+        p.numel() for m in model.modules() if isinstance(m, DepthConvAdapter3D) for p in m.parameters()
+    )
     assert trainable == adapter_params + sum(p.numel() for p in head.parameters())
     assert total > trainable
 

