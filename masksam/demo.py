@@ -49,11 +49,13 @@ def demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: i
         "generator_widths": [64, 32, 32],
         "mask_head_channels": 16,
         "max_epochs": epochs,
-        "val_interval": max(1, epochs // 4),
+        "val_interval": epochs,  # validate (and save models/model.pt) once, at the end
+        "val_overlap": 0.25,
         "num_samples": 2,
+        "pos_neg_ratio": [3, 1],
         "num_workers": 0,
         "cache_rate": 1.0,
-        "learning_rate": 0.002,
+        "learning_rate": 0.003,
         "resume": False,
         "amp": False,
         "use_tensorboard": False,
@@ -73,6 +75,7 @@ def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int) -> lis
 def _train(overrides: dict[str, Any], time_budget_s: float) -> dict[str, list[float]]:
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
+    from monai.handlers import from_engine
 
     workflow = ConfigWorkflow(
         config_file=str(BUNDLE / "configs" / "train.yaml"),
@@ -89,7 +92,7 @@ def _train(overrides: dict[str, Any], time_budget_s: float) -> dict[str, list[fl
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _record(engine: Any) -> None:
-        history["train loss"].append(float(engine.state.output["loss"]))
+        history["train loss"].append(float(from_engine(["loss"], first=True)(engine.state.output)[0]))
         if time.time() - start > time_budget_s:
             logger.warning(
                 "training time budget of %.0f s reached at epoch %d: stopping", time_budget_s, engine.state.epoch
@@ -196,8 +199,8 @@ def run_demo(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="demo_output", help="where models, prediction and PNGs go")
-    parser.add_argument("--epochs", type=int, default=60, help="training epochs (one volume, 2 crops each)")
-    parser.add_argument("--time-budget-min", type=float, default=9.0, help="stop training after this many minutes")
+    parser.add_argument("--epochs", type=int, default=150, help="training epochs (one volume, 2 crops each)")
+    parser.add_argument("--time-budget-min", type=float, default=10.0, help="stop training after this many minutes")
     parser.add_argument(
         "--cache-dir", default=None, help="cache of fetched data (default $MASKSAM_CACHE or ~/.cache/masksam)"
     )

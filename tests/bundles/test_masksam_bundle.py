@@ -139,6 +139,17 @@ def test_verify_net_in_out_and_torchscript_export(trained: Path) -> None:
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-5)
 
 
+def test_mlflow_tracking(tmp_path: Path, synthetic_dataset: Path) -> None:
+    pytest.importorskip("mlflow", reason="MLflow tracking needs the `dev` extra (mlflow)")
+    bundle = copy_bundle("masksam", tmp_path)
+    run_bundle(
+        bundle, "run", "--config_file", "configs/train.yaml", "--dataset_dir", str(synthetic_dataset),
+        "--max_epochs", "1", "--tracking", "mlflow", *TINY_TRAIN,
+    )  # fmt: skip
+    assert (bundle / "eval" / "mlruns.db").is_file()
+    assert list((bundle / "eval").glob("config_*.json")), "the executed config is logged as an artifact"
+
+
 def test_multi_gpu_config_runs_ddp_with_gloo(tmp_path: Path, synthetic_dataset: Path) -> None:
     bundle = copy_bundle("masksam", tmp_path)
     proc = run_bundle(
