@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+BUNDLE ?= masksam
 
 .PHONY: venv test demo lint bench clean zoo-export
 
@@ -31,6 +32,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+zoo-export: $(STAMP)
+	$(PY) scripts/zoo_export.py $(BUNDLE) build/zoo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

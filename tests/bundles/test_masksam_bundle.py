@@ -210,3 +210,26 @@ def test_resume_after_sigkill(tmp_path: Path, synthetic_dataset: Path) -> None:
     assert re.search(rf"resumed from .*checkpoint_{epoch}\.pt: epoch {epoch}", done.stdout + done.stderr)
     final = torch.load(models / f"checkpoint_{epoch + 1}.pt", map_location="cpu", weights_only=True)
     assert saved_epoch(final) == epoch + 1
+
+
+def test_zoo_export_runs_without_the_installed_package(tmp_path: Path, synthetic_dataset: Path) -> None:
+    """The exported copy carries the package under scripts/: it trains with `import masksam` made impossible."""
+    export = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "zoo_export.py"), "masksam", str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    bundle = Path(export.stdout.strip().splitlines()[-1])
+    assert (bundle / "scripts" / "masksam" / "networks" / "masksam.py").is_file()
+    assert "scripts.masksam.networks.build_masksam" in (bundle / "configs" / "train.yaml").read_text()
+    argv = ["monai.bundle", "run", "--config_file", "configs/train.yaml", "--dataset_dir", str(synthetic_dataset),
+            "--max_epochs", "1", *TINY_TRAIN]  # fmt: skip
+    code = (
+        "import runpy, sys\n"
+        "sys.modules['masksam'] = None  # any `import masksam` now raises ImportError\n"
+        f"sys.argv = {argv!r}\n"
+        "runpy.run_module('monai.bundle', run_name='__main__')\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=bundle, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (bundle / "models" / "model.pt").is_file()
