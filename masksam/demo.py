@@ -32,13 +32,13 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "masksam"
 
 
 def demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: int) -> dict[str, Any]:
-    """Bundle settings of the demo: LiteMedSAM backbone, 64x64x4 patches, MRI normalisation, 9 classes."""
+    """Bundle settings of the demo: LiteMedSAM backbone, 64x64x4 patches, percentile scaling, 9 classes."""
     return {
         "bundle_root": str(work_dir),
         "dataset_dir": str(dataset_dir),
         "backbone": "lite_medsam",
         "sam_checkpoint": checkpoint,
-        "modality": "mri",
+        "modality": "percentile",  # [0, 1] images, as LiteMedSAM was trained on
         "num_classes": 9,
         "num_queries": 12,
         "patch_size": 64,
@@ -92,7 +92,7 @@ def _train(overrides: dict[str, Any], time_budget_s: float) -> dict[str, list[fl
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _record(engine: Any) -> None:
-        history["train loss"].append(float(from_engine(["loss"], first=True)(engine.state.output)[0]))
+        history["train loss"].append(float(from_engine(["loss"], first=True)(engine.state.output)))
         if time.time() - start > time_budget_s:
             logger.warning(
                 "training time budget of %.0f s reached at epoch %d: stopping", time_budget_s, engine.state.epoch

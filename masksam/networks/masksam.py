@@ -43,17 +43,29 @@ logger = logging.getLogger(__name__)
 MASKSAM_OUTPUT_KEYS = ("pred_logits", "pred_masks", "aux_masks", "aux_boxes")
 
 
-class Stem3D(nn.Sequential):
-    """Two 3x3x3 conv blocks (instance norm, LeakyReLU): ``in_channels`` -> ``hidden`` -> 3 "RGB" channels."""
+class Stem3D(nn.Module):
+    """Learned 3D stem: ``(B, C_in, H, W, D)`` -> ``(B, 3, H, W, D)`` "RGB" volume for SAM's encoder.
+
+    A 3x3x3 conv block (instance norm, LeakyReLU) to ``hidden`` channels and a 3x3x3 conv to 3 channels,
+    added to the channel mean of the input repeated three times. The last conv starts at zero, so at
+    initialisation the pretrained encoder sees the (normalised) grey image itself rather than the output
+    of random filters; the research code's stem (two conv blocks, no skip) starts from noise.
+    """
 
     def __init__(self, in_channels: int, hidden: int = 8, out_channels: int = 3) -> None:
+        super().__init__()
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         act = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
-        super().__init__(
-            Convolution(3, in_channels, hidden, kernel_size=3, norm="instance", act=act),
-            Convolution(3, hidden, out_channels, kernel_size=3, norm="instance", act=act),
-        )
+        self.block = Convolution(3, in_channels, hidden, kernel_size=3, norm="instance", act=act)
+        self.out = nn.Conv3d(hidden, out_channels, kernel_size=3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x.mean(dim=1, keepdim=True).expand(-1, self.out_channels, *x.shape[2:])
+        return grey + self.out(self.block(x))
 
 
 class MaskSAM(nn.Module):
