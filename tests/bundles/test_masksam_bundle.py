@@ -116,6 +116,27 @@ def test_inference_writes_labels_in_the_original_geometry(trained: Path, synthet
     np.testing.assert_allclose(prob.get_fdata().sum(-1), 1.0, atol=1e-4)
 
 
+def test_same_file_names_in_two_folders_do_not_collide(trained: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    inputs = tmp_path / "inputs"
+    for sub in ("site_a", "site_b"):
+        (inputs / sub).mkdir(parents=True)
+        shutil.copy(synthetic_dataset / "imagesTs" / "case_004.nii.gz", inputs / sub / "case.nii.gz")
+    datalist = tmp_path / "list.json"
+    datalist.write_text('{"testing": [{"image": "site_a/case.nii.gz"}, {"image": "site_b/case.nii.gz"}]}')
+    out = tmp_path / "out"
+    run_bundle(
+        trained, "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(inputs),
+        "--datalist", str(datalist), "--output_dir", str(out), *TINY_MODEL,
+    )  # fmt: skip
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz")) == [
+        "site_a/case_seg.nii.gz",
+        "site_b/case_seg.nii.gz",
+    ]
+    assert sorted(p.name for p in (inputs / "site_a").iterdir()) == ["case.nii.gz"], "inputs are left untouched"
+
+
 def test_verify_net_in_out_and_torchscript_export(trained: Path) -> None:
     run_bundle(
         trained, "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
@@ -137,6 +158,19 @@ def test_verify_net_in_out_and_torchscript_export(trained: Path) -> None:
     x = torch.randn(1, 1, 32, 32, 4)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_two_seeded_cpu_runs_give_identical_losses(tmp_path: Path, synthetic_dataset: Path) -> None:
+    losses = []
+    for run in ("a", "b"):
+        bundle = copy_bundle("masksam", tmp_path / run)
+        proc = run_bundle(
+            bundle, "run", "--config_file", "configs/train.yaml", "--dataset_dir", str(synthetic_dataset),
+            "--max_epochs", "2", "--seed", "7", *TINY_TRAIN,
+        )  # fmt: skip
+        losses.append(re.findall(r"train_loss: ([\d.]+)", proc.stdout + proc.stderr))
+    assert len(losses[0]) == 4, "2 epochs x 2 training volumes"
+    assert losses[0] == losses[1]
 
 
 def test_mlflow_tracking(tmp_path: Path, synthetic_dataset: Path) -> None:
