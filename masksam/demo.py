@@ -172,7 +172,7 @@ def run_demo(
     mean = float(np.nanmean(dice))
     overlay = save_overlay_png(
         np.asarray(image.dataobj, dtype=np.float32), label, pred, out / "overlay.png", class_names=names,
-        title=f"MaskSAM (LiteMedSAM init) on Colin27 deep grey nuclei - mean Dice {mean:.3f} (single-subject fit)",
+        title=f"MaskSAM demo: mean Dice {mean:.3f} (single-subject fit)",
         spacing=image.header.get_zooms()[:3],
     )  # fmt: skip
     curves = save_training_curves(history, out / "training_curves.png", title="MaskSAM demo training")
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output-dir", default="demo_output", help="where models, prediction and PNGs go")
     parser.add_argument("--epochs", type=int, default=150, help="training epochs (one volume, 2 crops each)")
-    parser.add_argument("--time-budget-min", type=float, default=10.0, help="stop training after this many minutes")
+    parser.add_argument("--time-budget-min", type=float, default=9.0, help="stop training after this many minutes")
     parser.add_argument(
         "--cache-dir", default=None, help="cache of fetched data (default $MASKSAM_CACHE or ~/.cache/masksam)"
     )
