@@ -127,7 +127,7 @@ def _infer(work_dir: Path, image_dir: Path, out_dir: Path, overrides: dict[str, 
 
 
 def run_demo(
-    output_dir: str = "demo_output", epochs: int = 60, time_budget_min: float = 9.0, cache_dir: str | None = None
+    output_dir: str = "demo_output", epochs: int = 150, time_budget_min: float = 9.0, cache_dir: str | None = None
 ) -> dict[str, Any]:
     """Run the whole demo; returns the per-structure Dice, mean Dice and timings (also printed)."""
     from masksam.backbones import lite_medsam_checkpoint_path
