@@ -267,3 +267,34 @@ def test_zoo_export_runs_without_the_installed_package(tmp_path: Path, synthetic
     proc = subprocess.run([sys.executable, "-c", code], cwd=bundle, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (bundle / "models" / "model.pt").is_file()
+
+
+def test_validate_data_command_and_bad_labels_stop_training(tmp_path: Path, synthetic_dataset: Path) -> None:
+    import json
+    import shutil
+
+    bundle = copy_bundle("masksam", tmp_path)
+    run_bundle(bundle, "run", "validate_data", "--config_file", "configs/train.yaml",
+               "--dataset_dir", str(synthetic_dataset), "--num_classes", "3")  # fmt: skip
+    bad = tmp_path / "bad_data"
+    shutil.copytree(synthetic_dataset, bad)
+    label = nib.load(bad / "labelsTr" / "case_001.nii.gz")
+    data = np.asarray(label.dataobj).copy()
+    data[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(data, label.affine), bad / "labelsTr" / "case_001.nii.gz")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "monai.bundle", "run"]
+    report = subprocess.run(
+        [*base, "validate_data", "--config_file", "configs/train.yaml", "--dataset_dir", str(bad), *TINY_TRAIN],
+        cwd=bundle, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert report.returncode != 0
+    assert "case_001.nii.gz [label]: label values [7] are outside [0, 3)" in report.stdout + report.stderr
+    train = subprocess.run(
+        [*base, "--config_file", "configs/train.yaml", "--dataset_dir", str(bad), "--max_epochs", "1", *TINY_TRAIN],
+        cwd=bundle, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert train.returncode != 0
+    assert "label values [7] are outside [0, 3)" in train.stderr
+    assert not (bundle / "models" / "checkpoint_1.pt").exists(), "no training step ran on bad data"
+    assert json.loads((bad / "dataset.json").read_text())["training"], "inputs untouched"
