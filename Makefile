@@ -27,8 +27,8 @@ demo: $(STAMP)
 	$(PY) -m masksam.demo $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check masksam tests benchmarks scripts
-	$(PY) -m ruff format --check masksam tests benchmarks scripts
+	$(PY) -m ruff check masksam tests benchmarks scripts algorithm_templates
+	$(PY) -m ruff format --check masksam tests benchmarks scripts algorithm_templates
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

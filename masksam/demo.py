@@ -103,9 +103,9 @@ def _train(overrides: dict[str, Any], time_budget_s: float) -> dict[str, list[fl
 
 
 def _infer(work_dir: Path, image_dir: Path, out_dir: Path, overrides: dict[str, Any]) -> None:
-    from masksam.engines import latest_checkpoint
-
     from monai.bundle import ConfigWorkflow
+
+    from masksam.engines import latest_checkpoint
 
     keys = ("backbone", "modality", "num_classes", "num_queries", "patch_size", "num_slices", "spacing",
             "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels")  # fmt: skip

@@ -7,7 +7,7 @@ Only our algorithm is registered: MONAI's stock templates are downloaded from Gi
 from __future__ import annotations
 
 import ast
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -24,7 +24,7 @@ from monai.apps.auto3dseg import AutoRunner, BundleGen, import_bundle_algo_histo
 from monai.utils.enums import AlgoKeys
 
 from masksam.auto3dseg import MasksamAlgo, TemplateInferer, masksam_algo_entry, template_dir
-from tests.auto3dseg.test_heuristics import CT_STATS, MRI_STATS
+from tests.auto3dseg.conftest import CT_STATS, MRI_STATS
 
 pytestmark = pytest.mark.xdist_group("masksam_template")
 
@@ -61,7 +61,15 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from masksam.data.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("data")
-    make_synthetic_dataset(root, num_cases=4, shape=(40, 36, 12), num_classes=3, num_folds=2, num_test=2)
+    datalist = make_synthetic_dataset(root, num_cases=4, shape=(40, 36, 12), num_classes=3, num_folds=2, num_test=1)
+    # A test image in another grid (flipped x, 0.8 x 1.2 x 2.5 mm): predictions must come back to it.
+    image = nib.load(root / "imagesTs" / "case_004.nii.gz")
+    affine = np.diag([-0.8, 1.2, 2.5, 1.0])
+    affine[:3, 3] = [30.0, -5.0, 10.0]
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :30, :10], affine), root / "imagesTs" / "case_005.nii.gz")
+    data = json.loads(datalist.read_text())
+    data["testing"].append({"image": "imagesTs/case_005.nii.gz"})
+    datalist.write_text(json.dumps(data))
     return root
 
 
@@ -103,6 +111,7 @@ def test_autorunner_trains_both_folds_and_ensembles_in_the_input_geometry(work_d
         assert config["fold"] == fold and config["num_classes"] == 3 and config["num_queries"] == 7
         assert config["ct_window"] == [fg["percentile_00_5"], fg["percentile_99_5"]]
         assert config["backbone"] == "tiny" and config["val_overlap"] == 0.25
+        assert config["max_epochs"] == 3 and config["val_interval"] == 1, "the interval follows max_epochs"
         assert config["datalist"] == str(work_dir / "dataset.json")
         assert sorted(p.name for p in (algo / "model").glob("checkpoint_*.pt")) == ["checkpoint_1.pt"], (
             "num_epochs=1 (stock name) overrides max_epochs=3; an unknown key is tolerated"
@@ -157,7 +166,9 @@ def test_reload_in_a_new_process_reensembles(work_dir: Path, dataset: Path, tmp_
     first, again = ensemble_outputs(work_dir / "ensemble_output"), ensemble_outputs(out)
     assert sorted(again) == sorted(first)
     for name in first:
-        np.testing.assert_array_equal(np.asarray(nib.load(again[name]).dataobj), np.asarray(nib.load(first[name]).dataobj))
+        np.testing.assert_array_equal(
+            np.asarray(nib.load(again[name]).dataobj), np.asarray(nib.load(first[name]).dataobj)
+        )
     test_image = {"image": str(dataset / "imagesTs" / "case_004.nii.gz")}
     for item in import_bundle_algo_history(str(work_dir), only_trained=True):
         probs = item[AlgoKeys.ALGO].predict([test_image])[0]
@@ -165,7 +176,7 @@ def test_reload_in_a_new_process_reensembles(work_dir: Path, dataset: Path, tmp_
 
 
 def test_infer_class_gives_probabilities_in_the_image_grid_and_loads_weights_once(
-    work_dir: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+    work_dir: Path, dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loads: list[str] = []
     torch_load = torch.load
@@ -182,7 +193,7 @@ def test_infer_class_gives_probabilities_in_the_image_grid_and_loads_weights_onc
     probs = [history["masksam_0"].predict([{"image": str(f)}], predict_params=params)[0] for f in images]
     assert [Path(p).name for p in loads] == ["model.pt"], "the weights load once across predict() calls"
     assert Path(loads[0]).parent.parent.name == "masksam_0"
-    for prob, path in zip(probs, images):
+    for prob, path in zip(probs, images, strict=True):
         image = nib.load(path)
         assert prob.shape == (3, *image.shape) and prob.dtype == torch.float32
         assert np.allclose(prob.affine.numpy(), image.affine)
@@ -190,10 +201,14 @@ def test_infer_class_gives_probabilities_in_the_image_grid_and_loads_weights_onc
         assert prob.min() >= 0
         torch.testing.assert_close(prob.sum(0), torch.ones(image.shape), atol=1e-4, rtol=0)
 
-    config = [str(work_dir / "masksam_1" / "configs" / "hyper_parameters.yaml")]
-    other = TemplateInferer(config, rank=0, image_save_func=None)
+    # Another fold, moved, whose config names SAM weights that are not there: model.pt holds them.
+    moved = tmp_path / "moved"
+    shutil.copytree(work_dir / "masksam_1", moved)
+    config = moved / "configs" / "hyper_parameters.yaml"
+    config.write_text(config.read_text().replace("sam_checkpoint: null", "sam_checkpoint: /nowhere/sam.pth"))
+    other = TemplateInferer([str(config)], rank=0, image_save_func=None)
     by_path = other.infer(images[0])  # a plain path works too
-    assert other.checkpoint.startswith(str(work_dir / "masksam_1"))
+    assert other.checkpoint == str(moved / "model" / "model.pt")
     torch.testing.assert_close(by_path, other.infer({"image": str(images[0])}))
     assert not torch.allclose(by_path, probs[0]), "each fold's inferer uses its own weights"
 
@@ -213,7 +228,6 @@ def test_validate_script_scores_the_best_model(work_dir: Path) -> None:
     assert cases == ["case_000.nii.gz", "case_002.nii.gz"], "fold 0's validation cases"
 
 
-@pytest.mark.slow
 def test_train_script_under_torchrun_with_gloo(work_dir: Path, tmp_path: Path) -> None:
     """A copied algorithm folder trains under torchrun (2 CPU ranks): outputs follow the folder, rank 0 writes."""
     algo = tmp_path / "masksam_1"
@@ -269,6 +283,17 @@ def test_fill_template_config_on_ct_statistics(tmp_path: Path) -> None:
     template = yaml.safe_load((TEMPLATE / "configs" / "hyper_parameters.yaml").read_text())
     assert config["train"] == template["train"] and config["backbone"] == template["backbone"], "the rest is kept"
 
+    # HPO regenerates from the records, with its own parameters.
+    algo.export_to_disk(str(tmp_path), "masksam_hpo", fill_with_datastats=False, learning_rate=0.02)
+    hpo = yaml.safe_load((tmp_path / "masksam_hpo" / "configs" / "hyper_parameters.yaml").read_text())
+    assert {k: hpo[k] for k in expected} == expected and hpo["learning_rate"] == 0.02
+
+
+def test_max_epochs_from_input_sets_the_validation_interval(tmp_path: Path) -> None:
+    stats_file, input_file = write_inputs(tmp_path, CT_STATS, "CT", masksam={"max_epochs": 100})
+    _, config = generate(tmp_path, stats_file, input_file)
+    assert config["max_epochs"] == 100 and config["val_interval"] == 5
+
 
 def test_fill_template_config_on_mri_statistics_with_input_overrides(tmp_path: Path) -> None:
     stats_file, input_file = write_inputs(
@@ -276,6 +301,7 @@ def test_fill_template_config_on_mri_statistics_with_input_overrides(tmp_path: P
         learning_rate=0.005,  # a setting of the config: overrides
         val_interval=7,
         train=False,  # an AutoRunner switch, not our "train" section
+        roi_size=[96, 96, 96],  # another algorithm's setting; ours is derived (an expression): kept
         segresnet={"num_epochs": 3},  # another algorithm's section
         masksam={"num_queries": 11, "backbone": "lite_medsam", "val_interval": 9},  # ours wins over the top level
     )  # fmt: skip
@@ -287,6 +313,7 @@ def test_fill_template_config_on_mri_statistics_with_input_overrides(tmp_path: P
     assert config["patch_size"] == 256, "LiteMedSAM patches are multiples of 64"
     assert config["num_queries"] == 11 and config["backbone"] == "lite_medsam" and config["val_interval"] == 9
     assert config["learning_rate"] == 0.005 and config["train"] == template["train"]
+    assert config["roi_size"] == template["roi_size"]
     assert "segresnet" not in config and "name" not in config
 
 
@@ -303,17 +330,13 @@ def test_multi_label_tasks_are_skipped(tmp_path: Path) -> None:
 
 def test_algo_entry_points_at_the_template(tmp_path: Path) -> None:
     entry = masksam_algo_entry()
-    assert entry == {"masksam": {"_target_": "masksam.auto3dseg.algo.MasksamAlgo", "template_path": str(TEMPLATE.parent)}}
+    assert entry == {
+        "masksam": {"_target_": "masksam.auto3dseg.algo.MasksamAlgo", "template_path": str(TEMPLATE.parent)}
+    }
     with pytest.raises(FileNotFoundError, match="no template"):
         masksam_algo_entry(tmp_path)
 
 
-@pytest.mark.xfail(
-    importlib.util.find_spec("masksam.scripts") is None,
-    reason="registration by folder needs masksam.scripts.algo in the package (see docs/auto3dseg.md)",
-    raises=ModuleNotFoundError,
-    strict=True,
-)
 def test_registration_by_templates_folder(work_dir: Path, tmp_path: Path) -> None:
     """The template dropped beside other templates: BundleGen derives ``masksam.scripts.algo.MasksamAlgo``."""
     templates = tmp_path / "templates"

@@ -1,0 +1,180 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""Full MaskSAM inference per slice vs the plain SAM image encoder at the same input and backbone.
+
+For each configuration ``backbone:size`` it builds the bundle's network
+(``SemanticWrapper(build_masksam(...))``, bundle defaults: Q=24, K=16, T=9 slices, adapter widths 32,
+generator widths 192-96-96-48-48, mask head 32) and times, interleaved, under ``torch.inference_mode``:
+
+- ``masksam``: one ``(1, 1, S, S, T)`` patch -> ``(1, K, S, S, T)`` class scores;
+- ``sam_encoder``: segment_anything's own image encoder on the same T slices ``(T, 3, S, S)``;
+- ``sdpa_encoder`` (ViT backbones): our :class:`SamViTEncoder3D` without adapters on the same slices.
+
+Per-slice times are medians / T; the ratio ``masksam / sam_encoder`` is the figure of the issue's
+target (<= 1.5). The MaskSAM time is split by module (forward hooks: stem, encoder, prompt generator,
+prompt encoder, decoder, mask head; the rest is box/prompt glue and the semantic fusion), and the
+process CPU time (all threads) of a MaskSAM forward is printed beside its wall time. ``tiny`` uses the
+test configuration of ``tests/networks/test_masksam.py`` (32x32x4, Q=3, K=2, small widths).
+
+    python benchmarks/inference_per_slice.py                       # vit_b:256, tiny:32, lite_medsam:128
+    python benchmarks/inference_per_slice.py --configs vit_b:512 --repeats 1   # bundle size, ~3 min
+    python benchmarks/inference_per_slice.py --device cuda --dtype bf16 --configs vit_b:512 vit_h:512
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+import warnings
+from typing import Any
+
+import torch
+from common import add_device_args, machine, print_result, resolve_device, synchronize
+
+from masksam.backbones import SamViTEncoder3D, build_sam
+from masksam.inferers import SemanticWrapper
+from masksam.networks import build_masksam
+
+PARTS = ("stem", "encoder", "prompt_generator", "prompt_encoder", "decoder", "mask_head")
+TINY = {
+    "num_slices": 4,
+    "num_queries": 3,
+    "num_classes": 2,
+    "generator_widths": [32, 16, 16, 8, 8],
+    "mask_head_channels": 8,
+}
+
+
+def network_kwargs(backbone: str, args: argparse.Namespace) -> dict[str, Any]:
+    if backbone == "tiny":
+        return dict(TINY)
+    kw: dict[str, Any] = {"num_slices": args.slices, "num_queries": args.queries, "num_classes": args.classes}
+    if backbone != "lite_medsam":  # its stride-4 neck has 2 up-sampling stages: the builder's default widths
+        kw["generator_widths"] = [192, 96, 96, 48, 48]
+    return kw
+
+
+class PartTimer:
+    """Wall time of the MaskSAM sub-modules through forward hooks (synchronised on CUDA)."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
+        self.device = device
+        self.times: dict[str, float] = {}
+        self._start: dict[str, float] = {}
+        for name in PARTS:
+            module = getattr(network, name)
+            module.register_forward_pre_hook(self._pre(name))
+            module.register_forward_hook(self._post(name))
+
+    def _pre(self, name: str):
+        def hook(*_: Any) -> None:
+            synchronize(self.device)
+            self._start[name] = time.perf_counter()
+
+        return hook
+
+    def _post(self, name: str):
+        def hook(*_: Any) -> None:
+            synchronize(self.device)
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - self._start.pop(name)
+
+        return hook
+
+
+def run_config(backbone: str, size: int, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    torch.manual_seed(0)
+    kw = network_kwargs(backbone, args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # timm deprecation warnings of the TinyViT package
+        wrapper = SemanticWrapper(build_masksam(backbone, image_size=size, **kw)).to(device).eval()
+    net = wrapper.network
+    t = kw["num_slices"]
+    x = torch.rand(1, 1, size, size, t, device=device)
+    slices = torch.rand(t, 3, size, size, device=device)
+    plain = net.encoder.encoder if backbone == "lite_medsam" else None
+    calls = {"masksam": lambda: wrapper(x)}
+    if plain is not None:
+        calls["sam_encoder"] = lambda: plain(slices)
+    else:
+        # A second copy of the backbone (random weights: the timing does not depend on their values).
+        sam_encoder = build_sam(backbone, image_size=size).image_encoder.to(device).eval()
+        calls["sam_encoder"] = lambda: sam_encoder(slices)
+        sdpa = SamViTEncoder3D(sam_encoder).to(device).eval()
+        calls["sdpa_encoder"] = lambda: sdpa(slices, t)
+    timer = PartTimer(net, device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    wall: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: list[float] = []
+    parts: list[dict[str, float]] = []
+    with torch.inference_mode(), autocast:
+        for _ in range(args.warmup):
+            for fn in calls.values():
+                fn()
+        for _ in range(args.repeats):
+            for name, fn in calls.items():
+                timer.times = {}
+                synchronize(device)
+                w0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                synchronize(device)
+                wall[name].append(time.perf_counter() - w0)
+                if name == "masksam":
+                    cpu.append(time.process_time() - c0)
+                    parts.append(dict(timer.times))
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    part_med = {p: statistics.median(d.get(p, 0.0) for d in parts) for p in PARTS}
+    part_med["other"] = med["masksam"] - sum(part_med.values())
+    row = {
+        "config": f"{backbone}:{size}",
+        "slices": t,
+        "queries": kw["num_queries"],
+        "classes": kw["num_classes"],
+        "time_s": {k: round(v, 3) for k, v in med.items()},
+        "per_slice_s": {k: round(v / t, 4) for k, v in med.items()},
+        "masksam_cpu_s": round(statistics.median(cpu), 2),
+        "masksam_parts_s": {k: round(v, 3) for k, v in part_med.items()},
+        "ratio_vs_sam_encoder": round(med["masksam"] / med["sam_encoder"], 2),
+    }
+    if "sdpa_encoder" in med:
+        row["ratio_vs_sdpa_encoder"] = round(med["masksam"] / med["sdpa_encoder"], 2)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["vit_b:256", "tiny:32", "lite_medsam:128"])
+    parser.add_argument("--slices", type=int, default=9, help="T (not for tiny)")
+    parser.add_argument("--queries", type=int, default=24, help="Q (not for tiny)")
+    parser.add_argument("--classes", type=int, default=16, help="K (not for tiny)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=0)
+    add_device_args(parser)
+    args = parser.parse_args()
+    device, dtype = resolve_device(args)
+    info = machine(device)
+    print(f"# machine: {info}")
+    rows = []
+    for config in args.configs:
+        backbone, size = config.split(":")
+        row = run_config(backbone, int(size), args, device, dtype)
+        rows.append(row)
+        enc = row["per_slice_s"]["sam_encoder"]
+        sdpa = (
+            f", sdpa encoder {row['per_slice_s']['sdpa_encoder']:.3f}s" if "sdpa_encoder" in row["per_slice_s"] else ""
+        )
+        print(
+            f"{config:16s} T={row['slices']} Q={row['queries']} K={row['classes']}  per slice: masksam "
+            f"{row['per_slice_s']['masksam']:.3f}s, sam encoder {enc:.3f}s{sdpa}  ratio "
+            f"{row['ratio_vs_sam_encoder']:.2f}  | one forward {row['time_s']['masksam']:.2f}s wall, "
+            f"{row['masksam_cpu_s']:.1f}s CPU  | parts {row['masksam_parts_s']}",
+            flush=True,
+        )
+    print_result(
+        "inference_per_slice",
+        {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "rows": rows, "machine": info},
+    )
+
+
+if __name__ == "__main__":
+    main()

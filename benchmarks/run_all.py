@@ -1,0 +1,135 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""Run every benchmark with its defaults (``make bench``), then print the machine and a summary table.
+
+Each script runs in its own process; its output streams through and its final ``RESULT {json}`` line is
+collected. About 10 minutes on 2 CPU cores. ``--device``/``--dtype`` are passed on to every script.
+
+    python benchmarks/run_all.py
+    python benchmarks/run_all.py --only attention train_step
+    python benchmarks/run_all.py --device cuda --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from common import machine
+
+SCRIPTS = ("attention", "inference_per_slice", "train_step", "sliding_window")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(name: str, extra: list[str]) -> dict[str, Any] | None:
+    cmd = [sys.executable, os.path.join(HERE, f"{name}.py"), *extra]
+    print(f"\n=== {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT ") :])
+    rc = proc.wait()
+    print(f"=== {name}: rc {rc}, {time.perf_counter() - start:.0f}s", flush=True)
+    return result if rc == 0 else None
+
+
+def summary(results: dict[str, dict[str, Any] | None]) -> list[tuple[str, str, str]]:
+    """Rows (question, figure, target) of the summary table."""
+    rows: list[tuple[str, str, str]] = []
+    att = results.get("attention")
+    if att:
+        for r in att["rows"]:
+            mem = f", peak memory x{r['peak_memory_ratio']}" if "peak_memory_ratio" in r else ""
+            target = ">= 2x faster" if r["size"] >= 1024 else "not slower"
+            rows.append(
+                (
+                    f"encoder attention {att['backbone']} {r['size']}px",
+                    f"{r['time_s']['segment_anything']:.2f}s -> {r['time_s']['ours']:.2f}s, "
+                    f"{r['speedup']:.2f}x faster{mem}, max|diff| {r['max_abs_diff']:.1e}",
+                    target,
+                )
+            )
+    inf = results.get("inference_per_slice")
+    if inf:
+        for r in inf["rows"]:
+            rows.append(
+                (
+                    f"inference per slice {r['config']} T={r['slices']} Q={r['queries']}",
+                    f"masksam {r['per_slice_s']['masksam']:.3f}s vs encoder {r['per_slice_s']['sam_encoder']:.3f}s "
+                    f"= {r['ratio_vs_sam_encoder']:.2f}x",
+                    "<= 1.5x",
+                )
+            )
+    tr = results.get("train_step")
+    if tr:
+        c = tr["config"]
+        time_txt = (
+            f"{tr['step_s']['no_checkpointing']:.1f}s / {tr['step_s']['checkpointing']:.1f}s" if "step_s" in tr else ""
+        )
+        mem_txt = (
+            f", peak {tr['peak_mib']['no_checkpointing']:.0f} / {tr['peak_mib']['checkpointing']:.0f} MiB "
+            f"= x{tr['peak_memory_ratio']}"
+            if "peak_mib" in tr
+            else ""
+        )
+        rows.append(
+            (
+                f"train step {c['backbone']} {c['size']}x{c['size']}x{c['slices']} b{c['batch']} (no ckpt / ckpt)",
+                time_txt + mem_txt,
+                "memory <= 0.5x",
+            )
+        )
+    sw = results.get("sliding_window")
+    if sw:
+        c = sw["config"]
+        rows.append(
+            (
+                f"sliding window {'x'.join(map(str, c['shape']))} {c['backbone']} roi {c['roi']}x{c['roi']}x{c['slices']}",
+                f"{sw['seconds']:.1f}s ({sw['windows']} windows), peak RSS +{sw['peak_rss_delta_mib']:.0f} MiB "
+                f"(high-water {sw['peak_rss_mib']:.0f} MiB)",
+                "-",
+            )
+        )
+    for name, res in results.items():
+        if res is None:
+            rows.append((name, "FAILED", "-"))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=SCRIPTS, default=list(SCRIPTS))
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None)
+    args = parser.parse_args()
+    extra = []
+    if args.device:
+        extra += ["--device", args.device]
+    if args.dtype:
+        extra += ["--dtype", args.dtype]
+    results = {name: run(name, extra) for name in args.only}
+    info = machine()
+    print("\n# machine")
+    for key, value in info.items():
+        print(f"  {key}: {value}")
+    rows = summary(results)
+    widths = [max(len(r[i]) for r in rows + [("question", "figures", "target")]) for i in range(3)]
+    print()
+    for row in [("question", "figures", "target"), tuple("-" * w for w in widths), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    failed = [name for name, res in results.items() if res is None]
+    print("RESULT " + json.dumps({"benchmark": "run_all", "machine": info, "results": results}, sort_keys=True))
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""One MaskSAM training step, with and without activation checkpointing of the encoder blocks.
+
+A step is the bundle's: forward of ``build_masksam(...)`` (bundle defaults, Q=24, K=16, T slices),
+``MaskClassificationLoss(SetCriterion(K, HungarianMatcher()))`` on the label volume, backward, AdamW step
+over the trainable parameters (lr 1e-3, weight decay 3e-5, eps 1e-4). Input: ``batch`` synthetic
+CT-like ``(S, S, T)`` crops with K-1 "organs".
+
+- time: the two variants (``gradient_checkpointing`` False/True on one model) interleaved in one
+  process, median per step;
+- peak memory: the first step of each variant in a fresh child process (RSS high-water delta on CPU,
+  ``max_memory_allocated`` on CUDA; see ``benchmarks/common.py``), the model, optimiser, data and
+  imports excluded, AdamW's state (created in that step) included.
+
+The default crop, 128x128x9 with ViT-B and batch 1, fits a ~3-minute CPU budget; the bundle trains
+512x512x9 crops, batch 2 (``--size 512 --batch 2``; tens of GB of RAM without checkpointing).
+
+    python benchmarks/train_step.py                                   # vit_b, 128x128x9, batch 1
+    python benchmarks/train_step.py --size 256 --repeats 1
+    python benchmarks/train_step.py --device cuda --dtype bf16 --size 512 --batch 2 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from typing import Any
+
+import torch
+from common import (
+    add_device_args,
+    child_main,
+    ct_like_volume,
+    machine,
+    peak_memory_mib,
+    print_result,
+    resolve_device,
+    run_child,
+    synchronize,
+)
+
+from masksam.losses import HungarianMatcher, MaskClassificationLoss, SetCriterion
+from masksam.networks import build_masksam
+
+VARIANTS = {"no_checkpointing": False, "checkpointing": True}
+
+
+def build(spec: dict[str, Any], device: torch.device, dtype: torch.dtype):
+    torch.manual_seed(0)
+    kw: dict[str, Any] = {"num_slices": spec["slices"], "num_queries": spec["queries"], "num_classes": spec["classes"]}
+    if spec["backbone"] != "lite_medsam":
+        kw["generator_widths"] = [192, 96, 96, 48, 48]
+    net = build_masksam(spec["backbone"], image_size=spec["size"], **kw).to(device).train()
+    loss_fn = MaskClassificationLoss(SetCriterion(spec["classes"], HungarianMatcher())).to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=3e-5, eps=1e-4)
+    crops = [
+        ct_like_volume((spec["size"], spec["size"], spec["slices"]), spec["classes"], seed=i)
+        for i in range(spec["batch"])
+    ]
+    image = torch.cat([c[0] for c in crops]).to(device)
+    label = torch.cat([c[1] for c in crops]).to(device)
+    amp = dtype != torch.float32
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        ctx = torch.autocast(device.type, dtype=dtype) if amp else contextlib.nullcontext()
+        with ctx:
+            out = net(image)
+        loss = loss_fn(out, label)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return float(loss.detach())
+
+    return net, step
+
+
+def measure_child(spec: dict[str, Any]) -> dict[str, Any]:
+    device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
+    net, step = build(spec, device, dtype)
+    net.encoder.gradient_checkpointing = VARIANTS[spec["variant"]]
+    start = time.perf_counter()
+    mem = peak_memory_mib(step, device)
+    mem["first_step_s"] = time.perf_counter() - start
+    return mem
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="vit_b")
+    parser.add_argument("--size", type=int, default=128, help="in-plane crop S")
+    parser.add_argument("--slices", type=int, default=9)
+    parser.add_argument("--queries", type=int, default=24)
+    parser.add_argument("--classes", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=1, help="crops per step (bundle: batch_size 1 x num_samples 2)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-time", action="store_true", help="only the peak-memory children")
+    add_device_args(parser)
+    args = parser.parse_args()
+    if args.child:
+        child_main(args.child, measure_child)
+        return
+    device, dtype = resolve_device(args)
+    info = machine(device)
+    print(f"# machine: {info}")
+    spec = {k: getattr(args, k) for k in ("backbone", "size", "slices", "queries", "classes", "batch")}
+    spec.update(device=str(device), dtype=str(dtype).removeprefix("torch."))
+    print(f"# training step: {spec}")
+    result: dict[str, Any] = {"config": spec, "machine": info}
+    if not args.no_time:
+        net, step = build(spec, device, dtype)
+        runs: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for i in range(args.warmup + args.repeats):
+            for variant, flag in VARIANTS.items():
+                net.encoder.gradient_checkpointing = flag
+                synchronize(device)
+                start = time.perf_counter()
+                step()
+                synchronize(device)
+                if i >= args.warmup:
+                    runs[variant].append(time.perf_counter() - start)
+        del net, step
+        med = {v: statistics.median(r) for v, r in runs.items()}
+        result["step_s"] = {v: round(t, 3) for v, t in med.items()}
+        result["runs_s"] = {v: [round(t, 3) for t in r] for v, r in runs.items()}
+        result["time_ratio"] = round(med["checkpointing"] / med["no_checkpointing"], 2)
+        print(
+            f"step time: without checkpointing {med['no_checkpointing']:.2f}s, with {med['checkpointing']:.2f}s "
+            f"(ratio {result['time_ratio']})",
+            flush=True,
+        )
+    if not args.no_memory:
+        extra = [f"--threads={torch.get_num_threads()}"]
+        mem = {v: run_child(__file__, {**spec, "variant": v}, extra) for v in VARIANTS}
+        result["peak_mib"] = {v: round(m["peak_mib"], 1) for v, m in mem.items()}
+        result["memory_method"] = mem["checkpointing"]["method"]
+        result["peak_memory_ratio"] = round(mem["checkpointing"]["peak_mib"] / mem["no_checkpointing"]["peak_mib"], 2)
+        print(
+            f"peak memory of a step: without checkpointing {result['peak_mib']['no_checkpointing']:.0f} MiB, "
+            f"with {result['peak_mib']['checkpointing']:.0f} MiB (ratio {result['peak_memory_ratio']})",
+            flush=True,
+        )
+    print_result("train_step", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""Shared code of the Auto3DSeg algorithm templates (``algorithm_templates/<name>/``).
+
+- :mod:`~masksam.auto3dseg.heuristics`: settings from DataAnalyzer statistics (pure functions).
+- :mod:`~masksam.auto3dseg.algo`: the ``BundleAlgo`` classes (:class:`MasksamAlgo`).
+- :mod:`~masksam.auto3dseg.registration`: template folder and ``algos`` entries (:func:`masksam_algo_entry`).
+- :mod:`~masksam.auto3dseg.config`, :mod:`~masksam.auto3dseg.workflows`, :mod:`~masksam.auto3dseg.inference`,
+  :mod:`~masksam.auto3dseg.progress`: what the templates' ``train.py``, ``validate.py`` and ``infer.py`` run.
+"""
+
+from __future__ import annotations
+
+from masksam.auto3dseg.algo import INPUT_KEYS, MasksamAlgo, TemplateAlgo
+from masksam.auto3dseg.config import STOCK_ALIASES, algo_root, apply_overrides, read_algo_config, split_config_files
+from masksam.auto3dseg.heuristics import (
+    ct_window,
+    datastats_value,
+    in_plane_patch_size,
+    intensity_normalization,
+    num_classes_from_labels,
+    num_queries,
+    num_slices,
+    resampled_shape,
+    target_spacing,
+    template_settings,
+    training_schedule,
+    validation_interval,
+)
+from masksam.auto3dseg.inference import TemplateInferer
+from masksam.auto3dseg.progress import PROGRESS_FILE, ProgressWriter, read_best_score
+from masksam.auto3dseg.registration import ALGORITHMS, algo_entry, masksam_algo_entry, template_dir
+from masksam.auto3dseg.workflows import run_training, run_validation
+
+__all__ = [
+    "ALGORITHMS",
+    "INPUT_KEYS",
+    "MasksamAlgo",
+    "PROGRESS_FILE",
+    "ProgressWriter",
+    "STOCK_ALIASES",
+    "TemplateAlgo",
+    "TemplateInferer",
+    "algo_entry",
+    "algo_root",
+    "apply_overrides",
+    "ct_window",
+    "datastats_value",
+    "in_plane_patch_size",
+    "intensity_normalization",
+    "masksam_algo_entry",
+    "num_classes_from_labels",
+    "num_queries",
+    "num_slices",
+    "read_algo_config",
+    "read_best_score",
+    "resampled_shape",
+    "run_training",
+    "run_validation",
+    "split_config_files",
+    "target_spacing",
+    "template_dir",
+    "template_settings",
+    "training_schedule",
+    "validation_interval",
+]

@@ -1,0 +1,188 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""Auto3DSeg ``BundleAlgo`` classes of this package's algorithm templates.
+
+The classes live in the package, not in the templates' ``scripts/algo.py`` (which re-export them): a template
+folder is imported by Auto3DSeg as a top-level package named after the algorithm, and the ``masksam`` template
+cannot be imported under the name of this package.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from copy import deepcopy
+from typing import Any
+
+from monai.apps.auto3dseg import BundleAlgo
+from monai.bundle import ConfigParser
+
+from masksam.auto3dseg.heuristics import num_queries, template_settings, validation_interval
+from masksam.auto3dseg.progress import read_best_score
+
+__all__ = ["TemplateAlgo", "MasksamAlgo", "INPUT_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+#: ``input.yaml`` keys that belong to AutoRunner/DataAnalyzer; the other keys are settings of the algorithms.
+INPUT_KEYS = frozenset(
+    {
+        "name", "task", "modality", "datalist", "dataroot", "multigpu", "class_names", "sigmoid", "num_fold",
+        "work_dir", "algos", "templates_path_or_url", "analyze", "algo_gen", "train", "hpo", "hpo_backend",
+        "ensemble", "not_use_cache", "allow_skip", "mlflow_tracking_uri", "mlflow_experiment_name",
+    }
+)  # fmt: skip
+
+
+def _num_folds(inputs: dict[str, Any]) -> int:
+    """Folds of the datalist Auto3DSeg wrote (its items carry ``fold``), else ``num_fold`` of the input, else 5."""
+    datalist = inputs.get("datalist")
+    if datalist and os.path.isfile(str(datalist)):
+        folds = {
+            item["fold"] for item in ConfigParser.load_config_file(str(datalist)).get("training", []) if "fold" in item
+        }
+        if folds:
+            return len(folds)
+    return int(inputs.get("num_fold", 5))
+
+
+def _plain(parser: ConfigParser, key: str) -> bool:
+    """Whether ``key`` is a plain setting of the config (a value, not a section, expression or reference)."""
+    if key not in parser:
+        return False
+    value = parser[key]
+    return not isinstance(value, dict) and not (isinstance(value, str) and value.startswith(("$", "@", "%")))
+
+
+class TemplateAlgo(BundleAlgo):
+    """``BundleAlgo`` of this package's templates: one ``configs/hyper_parameters.yaml`` filled from the statistics.
+
+    ``fill_template_config`` writes the data-driven settings of :func:`~masksam.auto3dseg.heuristics.template_settings`
+    (plus :meth:`extra_settings`), then overrides, in increasing priority: ``input.yaml`` keys that are plain
+    settings of the config (values, not sections or ``$``/``@`` expressions, which other algorithms' keys of the
+    same name must not replace), the ``input.yaml`` section named after the algorithm (any key, e.g.
+    ``masksam: {backbone: vit_l}``), and the keyword arguments of ``export_to_disk`` (``fold``; HPO parameters). The inferer built by :meth:`get_inferer` is
+    kept, so ensembling several images loads the weights once. No state beyond ``BundleAlgo.state_dict()``
+    (the kept inferer is not serialised).
+
+    Args:
+        template_path: the folder holding the template folder ``<name>/`` (Auto3DSeg convention).
+    """
+
+    config_file = "hyper_parameters.yaml"
+    #: multiple of the in-plane patch size, by backbone (the encoder's patch size; LiteMedSAM's stride is 64)
+    patch_multiples = {"lite_medsam": 64}
+
+    def __init__(self, template_path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(template_path)
+        self._inferer: Any = None
+        self._inferer_key: str | None = None
+
+    def _input_config(self) -> dict[str, Any]:
+        if self.data_list_file and os.path.isfile(str(self.data_list_file)):
+            return dict(ConfigParser.load_config_file(str(self.data_list_file)) or {})
+        return {}
+
+    def pre_check_skip_algo(self, skip_bundlegen: bool = False, skip_info: str = "") -> tuple[bool, str]:
+        """Skip multi-label tasks (``sigmoid: true`` in ``input.yaml``): the templates predict exclusive classes."""
+        if self._input_config().get("sigmoid", False) is True:
+            return True, f"{type(self).__name__} segments mutually exclusive classes (softmax); input has sigmoid: true"
+        return skip_bundlegen, skip_info
+
+    def extra_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Method-specific settings derived from the common ones (override in subclasses)."""
+        return {}
+
+    def fill_template_config(self, data_stats_filename: str, algo_path: str, **kwargs: Any) -> dict:
+        """Fill ``<algo_path>/configs/hyper_parameters.yaml``; returns ``{"hyper_parameters.yaml": {key: value}}``.
+
+        Args:
+            data_stats_filename: ``datastats.yaml`` written by DataAnalyzer.
+            algo_path: the generated algorithm folder.
+            kwargs: settings that override everything (``fold`` from BundleGen, HPO parameters);
+                ``fill_with_datastats=False`` reuses the previous records instead of the statistics;
+                ``gpu_customization`` and its specs are not supported and ignored.
+        """
+        for unsupported in ("gpu_customization", "gpu_customization_specs"):
+            if kwargs.pop(unsupported, None):
+                logger.warning("%s: %s is not supported, ignored", type(self).__name__, unsupported)
+        config_path = os.path.join(algo_path, "configs", self.config_file)
+        parser = ConfigParser(globals=False)
+        parser.read_config(config_path)
+
+        if kwargs.pop("fill_with_datastats", True):
+            values = self.settings(data_stats_filename, parser)
+            values["bundle_root"] = os.path.abspath(algo_path)
+        else:
+            values = deepcopy(self.fill_records.get(self.config_file, {}))
+        values.update(kwargs)
+        ignored = sorted(k for k in values if k not in parser)
+        if ignored:
+            logger.warning("%s: not settings of %s, ignored: %s", type(self).__name__, self.config_file, ignored)
+        values = {k: v for k, v in values.items() if k not in ignored}
+        for key, value in values.items():
+            parser[key] = deepcopy(value)
+        if parser["sam_checkpoint"] is None and parser["backbone"] != "tiny":
+            logger.warning(
+                "%s: no sam_checkpoint in input.yaml: the SAM backbone starts from random weights", self.name
+            )
+        ConfigParser.export_config_file(parser.get(), config_path, fmt="yaml", default_flow_style=None, sort_keys=False)
+        return {self.config_file: values}
+
+    def settings(self, data_stats_filename: str, parser: ConfigParser) -> dict[str, Any]:
+        """Statistics-driven settings, then the ``input.yaml`` overrides (top level, then the algorithm's section).
+
+        Args:
+            data_stats_filename: ``datastats.yaml``.
+            parser: the template config (read for its defaults, e.g. the backbone).
+        """
+        if not data_stats_filename or not os.path.isfile(str(data_stats_filename)):
+            raise FileNotFoundError(f"DataAnalyzer statistics not found: {data_stats_filename!r}")
+        stats = ConfigParser.load_config_file(str(data_stats_filename))
+        inputs = self._input_config()
+        if "modality" not in inputs:
+            raise ValueError(f"input config {self.data_list_file!r} has no 'modality' (e.g. CT or MRI)")
+        overrides = {k: v for k, v in inputs.items() if k not in INPUT_KEYS and k != self.name and _plain(parser, k)}
+        section = inputs.get(self.name) if self.name else None
+        if isinstance(section, dict):
+            overrides.update(section)
+        backbone = overrides.get("backbone", parser["backbone"])
+        settings = template_settings(
+            stats,
+            inputs["modality"],
+            num_folds=_num_folds(inputs),
+            patch_multiple=self.patch_multiples.get(backbone, 16),
+        )
+        settings.update(self.extra_settings({**settings, **overrides}))
+        if "dataroot" in inputs:
+            settings["dataset_dir"] = os.path.abspath(str(inputs["dataroot"]))
+        if "datalist" in inputs:
+            settings["datalist"] = os.path.abspath(str(inputs["datalist"]))
+        if "max_epochs" in overrides and "val_interval" not in overrides:
+            settings["val_interval"] = validation_interval(int(overrides["max_epochs"]))
+        settings.update(overrides)
+        return settings
+
+    def get_score(self, *args: Any, **kwargs: Any) -> float:
+        """Best validation mean Dice from ``progress.yaml`` in the algorithm folder's ``ckpt_path``."""
+        parser = ConfigParser()
+        parser.read_config(os.path.join(self.output_path, "configs", self.config_file))
+        parser["bundle_root"] = self.output_path  # the folder may have moved since generation
+        return read_best_score(parser.get_parsed_content("ckpt_path"))
+
+    def get_inferer(self, *args: Any, **kwargs: Any) -> Any:
+        """The ``InferClass`` of ``scripts/infer.py``, built once per set of arguments (weights load once)."""
+        key = repr((args, sorted(kwargs.items())))
+        if self._inferer is None or key != self._inferer_key:
+            self._inferer = super().get_inferer(*args, **kwargs)
+            self._inferer_key = key
+        return self._inferer
+
+
+class MasksamAlgo(TemplateAlgo):
+    """Auto3DSeg algorithm ``masksam``: :func:`masksam.networks.build_masksam` trained on one fold.
+
+    Adds the number of queries (:func:`~masksam.auto3dseg.heuristics.num_queries`) to the common settings.
+    """
+
+    def extra_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        return {"num_queries": num_queries(int(settings["num_classes"]))}

@@ -1,0 +1,49 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""Where the algorithm templates are, and the ``algos`` entries that register them with Auto3DSeg."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["ALGORITHMS", "template_dir", "algo_entry", "masksam_algo_entry"]
+
+#: Template name -> its ``BundleAlgo`` class (importable from the package).
+ALGORITHMS = {"masksam": "masksam.auto3dseg.algo.MasksamAlgo"}
+
+
+def template_dir() -> Path:
+    """The ``algorithm_templates`` folder of this source tree (it holds one folder per template, e.g. ``masksam/``).
+
+    Raises:
+        FileNotFoundError: the package was installed without its source tree (templates are not package data).
+    """
+    import masksam
+
+    root = Path(masksam.__file__).resolve().parent.parent / "algorithm_templates"
+    if not (root / "masksam" / "scripts" / "algo.py").is_file():
+        raise FileNotFoundError(
+            f"algorithm templates not found at {root}: install masksam from its source tree (pip install -e .) "
+            "or pass template_path= to the folder holding masksam/"
+        )
+    return root
+
+
+def algo_entry(name: str, template_path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, str]]:
+    """``{name: {"_target_": ..., "template_path": ...}}`` for ``AutoRunner(algos=...)`` / ``BundleGen(algos=...)``.
+
+    Args:
+        name: a template of :data:`ALGORITHMS`; also the name of the generated folders (``<name>_<fold>``).
+        template_path: folder holding ``<name>/`` (default: :func:`template_dir`).
+    """
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm template {name!r}; available: {sorted(ALGORITHMS)}")
+    path = Path(template_path) if template_path is not None else template_dir()
+    if not (path / name / "scripts" / "algo.py").is_file():
+        raise FileNotFoundError(f"{path} holds no template {name!r} ({name}/scripts/algo.py)")
+    return {name: {"_target_": ALGORITHMS[name], "template_path": str(path.resolve())}}
+
+
+def masksam_algo_entry(template_path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, str]]:
+    """The ``algos`` entry of MaskSAM: ``AutoRunner(algos={**masksam_algo_entry(), ...})``."""
+    return algo_entry("masksam", template_path)
