@@ -1,7 +1,7 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
 """SAM's two-way mask decoder, frozen, with MaskSAM's 3D adapters and a mask-classification head.
 
-The decoder solves one problem per (stack, query, slice): ``N = B * Q * D`` problems ordered with the
+Its attention runs through SDPA (:func:`~masksam.backbones.attention.sam_decoder_attention`). The decoder solves one problem per (stack, query, slice): ``N = B * Q * D`` problems ordered with the
 slice index innermost, so that the slice-axis adapters see the D slices of one query consecutively.
 """
 
@@ -12,6 +12,7 @@ from segment_anything.modeling import MaskDecoder
 from torch import nn
 
 from masksam.adapters import DepthConvAdapter3D, DepthMLPAdapter3D
+from masksam.backbones.attention import sam_decoder_attention
 
 __all__ = ["DecoderLayerAdapters", "ClassHead", "MaskClassificationDecoder", "MaskHead3D"]
 
@@ -110,20 +111,24 @@ class MaskClassificationDecoder(nn.Module):
         queries, query_pe, d = tokens, tokens, self.num_slices
         for layer, ad in zip(t.layers, self.layer_adapters, strict=True):
             if layer.skip_first_layer_pe:
-                a = layer.self_attn(q=queries, k=queries, v=queries)
+                a = sam_decoder_attention(layer.self_attn, queries, queries, queries)
                 queries = a + ad.self_attn(a, d)
             else:
                 q = queries + query_pe
-                a = layer.self_attn(q=q, k=q, v=queries)
+                a = sam_decoder_attention(layer.self_attn, q, q, queries)
                 queries = queries + a + ad.self_attn(a, d)
             queries = layer.norm1(queries)
-            a = layer.cross_attn_token_to_image(q=queries + query_pe, k=self._add_pe(keys, key_pe), v=keys)
+            a = sam_decoder_attention(
+                layer.cross_attn_token_to_image, queries + query_pe, self._add_pe(keys, key_pe), keys
+            )
             queries = layer.norm2(queries + a + ad.token_to_image(a, d))
             queries = layer.norm3(queries + layer.mlp(queries) + self.mlp_scale * ad.mlp(queries, d))
-            a = layer.cross_attn_image_to_token(q=self._add_pe(keys, key_pe), k=queries + query_pe, v=queries)
+            a = sam_decoder_attention(
+                layer.cross_attn_image_to_token, self._add_pe(keys, key_pe), queries + query_pe, queries
+            )
             a = a + ad.image_to_token(a.reshape(n, h, w, c), d).reshape(a.shape)
             keys = layer.norm4(keys + a)
-        a = t.final_attn_token_to_image(q=queries + query_pe, k=self._add_pe(keys, key_pe), v=keys)
+        a = sam_decoder_attention(t.final_attn_token_to_image, queries + query_pe, self._add_pe(keys, key_pe), keys)
         queries = t.norm_final_attn(queries + a + self.final_adapter(a, d))
 
         upscaled = dec.output_upscaling(keys.transpose(1, 2).reshape(n, c, h, w))  # (N, C/8, 4h, 4w)
