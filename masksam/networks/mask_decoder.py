@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from segment_anything.modeling import MaskDecoder
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from masksam.adapters import DepthConvAdapter3D, DepthMLPAdapter3D
 from masksam.backbones.attention import sam_decoder_attention
@@ -55,6 +56,7 @@ class MaskClassificationDecoder(nn.Module):
         adapter_dim: hidden width of the adapters (MaskSAM: 64).
         depth_ratio: expansion of the slice MLPs.
         mlp_scale: weight of the adapter beside the token MLP.
+        gradient_checkpointing: recompute each two-way layer's activations in the backward pass.
     """
 
     def __init__(
@@ -65,9 +67,11 @@ class MaskClassificationDecoder(nn.Module):
         adapter_dim: int = 64,
         depth_ratio: int = 4,
         mlp_scale: float = 0.5,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         dim = mask_decoder.transformer_dim
+        self.gradient_checkpointing = gradient_checkpointing
         self.decoder = mask_decoder
         self.num_slices = num_slices
         self.mlp_scale = mlp_scale
@@ -81,6 +85,36 @@ class MaskClassificationDecoder(nn.Module):
         """Add a per-slice encoding ``pe (D, L, C)`` to ``x (N, L, C)`` without materialising it per problem."""
         d = self.num_slices
         return (x.reshape(-1, d, *x.shape[1:]) + pe).reshape(x.shape)
+
+    def _layer(
+        self,
+        layer: nn.Module,
+        ad: DecoderLayerAdapters,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One two-way attention layer of SAM with its adapters: ``(queries, keys)`` -> ``(queries, keys)``."""
+        d = self.num_slices
+        n, _, c = keys.shape
+        if layer.skip_first_layer_pe:
+            a = sam_decoder_attention(layer.self_attn, queries, queries, queries)
+            queries = a + ad.self_attn(a, d)
+        else:
+            q = queries + query_pe
+            a = sam_decoder_attention(layer.self_attn, q, q, queries)
+            queries = queries + a + ad.self_attn(a, d)
+        queries = layer.norm1(queries)
+        a = sam_decoder_attention(layer.cross_attn_token_to_image, queries + query_pe, self._add_pe(keys, key_pe), keys)
+        queries = layer.norm2(queries + a + ad.token_to_image(a, d))
+        queries = layer.norm3(queries + layer.mlp(queries) + self.mlp_scale * ad.mlp(queries, d))
+        a = sam_decoder_attention(
+            layer.cross_attn_image_to_token, self._add_pe(keys, key_pe), queries + query_pe, queries
+        )
+        a = a + ad.image_to_token(a.reshape(n, *grid, c), d).reshape(a.shape)
+        return queries, layer.norm4(keys + a)
 
     def forward(
         self,
@@ -110,24 +144,12 @@ class MaskClassificationDecoder(nn.Module):
         key_pe = image_pe.flatten(2).transpose(1, 2)  # (D, hw, C)
         queries, query_pe, d = tokens, tokens, self.num_slices
         for layer, ad in zip(t.layers, self.layer_adapters, strict=True):
-            if layer.skip_first_layer_pe:
-                a = sam_decoder_attention(layer.self_attn, queries, queries, queries)
-                queries = a + ad.self_attn(a, d)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                queries, keys = checkpoint(
+                    self._layer, layer, ad, queries, keys, query_pe, key_pe, (h, w), use_reentrant=False
+                )
             else:
-                q = queries + query_pe
-                a = sam_decoder_attention(layer.self_attn, q, q, queries)
-                queries = queries + a + ad.self_attn(a, d)
-            queries = layer.norm1(queries)
-            a = sam_decoder_attention(
-                layer.cross_attn_token_to_image, queries + query_pe, self._add_pe(keys, key_pe), keys
-            )
-            queries = layer.norm2(queries + a + ad.token_to_image(a, d))
-            queries = layer.norm3(queries + layer.mlp(queries) + self.mlp_scale * ad.mlp(queries, d))
-            a = sam_decoder_attention(
-                layer.cross_attn_image_to_token, self._add_pe(keys, key_pe), queries + query_pe, queries
-            )
-            a = a + ad.image_to_token(a.reshape(n, h, w, c), d).reshape(a.shape)
-            keys = layer.norm4(keys + a)
+                queries, keys = self._layer(layer, ad, queries, keys, query_pe, key_pe, (h, w))
         a = sam_decoder_attention(t.final_attn_token_to_image, queries + query_pe, self._add_pe(keys, key_pe), keys)
         queries = t.norm_final_attn(queries + a + self.final_adapter(a, d))
 
@@ -141,10 +163,12 @@ class MaskHead3D(nn.Module):
     """MaskSAM's final 3D CNN: mask logits of all queries ``(B, Q, D, h, w)`` -> ``(B, Q, D, h*2^n, w*2^n)``.
 
     3x3x3 conv Q->hidden, ``num_up`` x [(1,2,2) transposed conv, instance norm, GELU], 3x3x3 conv hidden->Q.
+    With ``gradient_checkpointing`` its activations are recomputed in the backward pass.
     """
 
-    def __init__(self, num_queries: int, num_up: int, hidden: int = 64) -> None:
+    def __init__(self, num_queries: int, num_up: int, hidden: int = 64, gradient_checkpointing: bool = False) -> None:
         super().__init__()
+        self.gradient_checkpointing = gradient_checkpointing
         if num_up < 0:
             raise ValueError(f"num_up must be >= 0, got {num_up}")
         layers: list[nn.Module] = [nn.Conv3d(num_queries, hidden, 3, padding=1)]
@@ -158,4 +182,6 @@ class MaskHead3D(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.layers, masks, use_reentrant=False)
         return self.layers(masks)

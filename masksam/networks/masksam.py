@@ -204,7 +204,8 @@ def build_masksam(
             research code 256, 128, 128, 64, 64).
         stem_channels: hidden channels of the 3D stem.
         mask_head_channels: hidden channels of the final 3D CNN (research code: 64).
-        gradient_checkpointing: recompute encoder activations in the backward pass.
+        gradient_checkpointing: recompute activations in the backward pass (training memory): each encoder
+            block, prompt-generator stage and decoder layer, and the final 3D CNN.
     """
     if num_slices < 1 or num_queries < 1:
         raise ValueError(f"num_slices and num_queries must be >= 1, got {num_slices} and {num_queries}")
@@ -236,7 +237,12 @@ def build_masksam(
         )
     token_dim = sam.mask_decoder.transformer_dim
     generator = PromptGenerator3D(
-        encoder.feature_channels, encoder.feature_strides, num_queries, token_dim=token_dim, widths=generator_widths
+        encoder.feature_channels,
+        encoder.feature_strides,
+        num_queries,
+        token_dim=token_dim,
+        widths=generator_widths,
+        gradient_checkpointing=gradient_checkpointing,
     )
     grid = sam.prompt_encoder.image_embedding_size
     neck_stride = encoder.feature_strides[-1]
@@ -246,8 +252,19 @@ def build_masksam(
         prompt_generator=generator,
         prompt_encoder=sam.prompt_encoder,
         slice_pe=SliceDenseEmbedding(num_slices, token_dim, grid),
-        decoder=MaskClassificationDecoder(sam.mask_decoder, num_classes, num_slices, adapter_dim=decoder_adapter_dim),
-        mask_head=MaskHead3D(num_queries, num_up=int(math.log2(neck_stride // 4)), hidden=mask_head_channels),
+        decoder=MaskClassificationDecoder(
+            sam.mask_decoder,
+            num_classes,
+            num_slices,
+            adapter_dim=decoder_adapter_dim,
+            gradient_checkpointing=gradient_checkpointing,
+        ),
+        mask_head=MaskHead3D(
+            num_queries,
+            num_up=int(math.log2(neck_stride // 4)),
+            hidden=mask_head_channels,
+            gradient_checkpointing=gradient_checkpointing,
+        ),
         num_slices=num_slices,
         image_size=image_size,
     )

@@ -10,12 +10,14 @@ are ``(B, C, D, H, W)`` (slice axis before the in-plane axes) so that in-plane u
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["PromptGenerator3D", "ConvBlock3D", "learned_box"]
 
@@ -82,6 +84,7 @@ class PromptGenerator3D(nn.Module):
             truncated to the number of stages, which keeps MaskSAM ViT-H near the paper's ~14 M trainable
             parameters; the research code used ``[256, 128, 128, 64, 64]``).
         box_pool: in-plane size the stage outputs are pooled to for the box head (2 -> 4 numbers per box).
+        gradient_checkpointing: recompute each stage's activations in the backward pass (training memory).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class PromptGenerator3D(nn.Module):
         token_dim: int = 256,
         widths: Sequence[int] | None = None,
         box_pool: int = 2,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if len(feature_channels) != len(feature_strides) or len(feature_channels) < 1:
@@ -136,6 +140,17 @@ class PromptGenerator3D(nn.Module):
             nn.GELU(),
         )
         self.box_pool = box_pool
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def _run(self, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+        """``fn(*args)``, checkpointed when training with ``gradient_checkpointing``."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    @staticmethod
+    def _stage(up: nn.Module, skip: nn.Module, fuse: nn.Module, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return fuse(torch.cat([up(x), skip(f)], dim=1))
 
     def forward(self, feats: Sequence[torch.Tensor], num_slices: int) -> dict[str, torch.Tensor]:
         """Run the generator on the encoder features of ``B`` stacks of ``D = num_slices`` slices.
@@ -153,11 +168,11 @@ class PromptGenerator3D(nn.Module):
             n, c, h, w = f.shape
             return f.reshape(n // num_slices, num_slices, c, h, w).transpose(1, 2)
 
-        x = self.neck_stage(stack(feats[-1]))
+        x = self._run(self.neck_stage, stack(feats[-1]))
         stages = [x]
         skip_feats = list(feats[:-1])[::-1]
         for up, skip, fuse, f in zip(self.ups, self.skips, self.fuse, skip_feats, strict=False):
-            x = fuse(torch.cat([up(x), skip(stack(f))], dim=1))
+            x = self._run(self._stage, up, skip, fuse, x, stack(f))
             stages.append(x)
         d = num_slices
         box_in = torch.cat([F.adaptive_avg_pool3d(s, (d, self.box_pool, self.box_pool)) for s in stages], dim=1)

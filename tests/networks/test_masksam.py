@@ -136,3 +136,42 @@ def test_lite_medsam_backbone() -> None:
     )
     out = model(torch.randn(1, 1, 64, 64, 2))
     assert out["pred_masks"].shape == (2, 2, 64, 64)
+
+
+def test_gradient_checkpointing_recomputes_every_part_with_equal_gradients() -> None:
+    """The switch recomputes encoder blocks, generator stages, decoder layers and the 3D head in backward,
+    and gives the same outputs and gradients as a plain pass."""
+    torch.manual_seed(0)
+    plain = tiny_masksam()
+    ckpt = tiny_masksam(gradient_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 1, 32, 32, 4)
+    parts = {
+        "encoder block": lambda m: m.encoder.blocks[0],
+        "generator stage": lambda m: m.prompt_generator.fuse[-1],
+        "decoder layer": lambda m: m.decoder.layer_adapters[0].token_to_image,
+        "mask head": lambda m: m.mask_head.layers[0],
+    }
+    results = []
+    for model in (plain, ckpt):
+        calls = dict.fromkeys(parts, 0)
+        # pre-hooks: a recomputation stops early once it has what backward needs, before post-hooks fire
+        hooks = [
+            get(model).register_forward_pre_hook(lambda *_, name=name, c=calls: c.__setitem__(name, c[name] + 1))
+            for name, get in parts.items()
+        ]
+        out = model(x)
+        loss = sum((v.float() ** 2).mean() for v in out.values())
+        loss.backward()
+        for h in hooks:
+            h.remove()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((calls, out, grads))
+    (calls_plain, out_plain, g_plain), (calls_ckpt, out_ckpt, g_ckpt) = results
+    assert all(n == 1 for n in calls_plain.values()), calls_plain
+    assert all(n == 2 for n in calls_ckpt.values()), f"not recomputed in backward: {calls_ckpt}"
+    for key in out_plain:
+        torch.testing.assert_close(out_ckpt[key], out_plain[key])
+    assert g_plain.keys() == g_ckpt.keys() and len(g_plain) > 10
+    for name in g_plain:
+        torch.testing.assert_close(g_ckpt[name], g_plain[name], rtol=1e-4, atol=1e-6, msg=name)
