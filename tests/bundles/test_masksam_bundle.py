@@ -72,6 +72,7 @@ def test_required_properties(tmp_path: Path, synthetic_dataset: Path, configs: l
         workflow_type=workflow_type,
         **(TINY_TRAIN_OVERRIDES if workflow_type == "train" else TINY_OVERRIDES),
         dataset_dir=str(synthetic_dataset / ("imagesTs" if workflow_type == "infer" else "")),
+        bundle_root=str(bundle),  # outputs (TensorBoard logs) stay in the copy, not the working directory
     )
     workflow.initialize()
     assert not workflow.check_properties()
