@@ -12,6 +12,8 @@ import torch
 from monai.data import MetaTensor, decollate_batch, list_data_collate
 
 from masksam.auto3dseg.config import read_algo_config
+from masksam.backbones.sam import read_state_dict
+from masksam.engines.weights import check_state_dict
 
 __all__ = ["TemplateInferer"]
 
@@ -45,7 +47,8 @@ class TemplateInferer:
         if not os.path.isfile(self.checkpoint):
             raise FileNotFoundError(f"trained weights not found: {self.checkpoint} (has the fold been trained?)")
         self.network = parser.get_parsed_content("network_def")
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        state = read_state_dict(self.checkpoint)  # weights_only, on the CPU
+        check_state_dict(self.network, state, repr(self.checkpoint))  # names the setting that differs
         self.network.load_state_dict(state)
         self.network.to(self.device).eval()
         logger.info("loaded %s", self.checkpoint)

@@ -1,9 +1,18 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
-"""What ignite/MONAI engines lack: saving and resuming the whole training state, start-of-run logging."""
+"""What ignite/MONAI engines lack: saving and resuming the whole training state, weights loading with clear
+errors, start-of-run logging."""
 
 from __future__ import annotations
 
 from masksam.engines.checkpoint import TrainingCheckpointHandler, latest_checkpoint
 from masksam.engines.logging_utils import log_parameter_counts
+from masksam.engines.weights import SETTING_HINTS, ModelWeightsLoader, check_state_dict
 
-__all__ = ["TrainingCheckpointHandler", "latest_checkpoint", "log_parameter_counts"]
+__all__ = [
+    "SETTING_HINTS",
+    "ModelWeightsLoader",
+    "TrainingCheckpointHandler",
+    "check_state_dict",
+    "latest_checkpoint",
+    "log_parameter_counts",
+]

@@ -102,6 +102,20 @@ def test_evaluate_writes_metrics_and_predictions(trained: Path, synthetic_datase
     assert pred.shape == image.shape and np.allclose(pred.affine, image.affine)
 
 
+def test_inference_with_another_class_count_names_the_setting(trained: Path, synthetic_dataset: Path) -> None:
+    args = list(TINY_MODEL)
+    args[args.index("--num_classes") + 1] = "4"  # trained with 3
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml",
+        "--dataset_dir", str(synthetic_dataset / "imagesTs"), "--output_dir", str(trained / "wrong_out"), *args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=trained, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "trained with num_classes=3, this config has 4 (set --num_classes 3)" in proc.stderr
+    assert "model.pt" in proc.stderr
+    assert not (trained / "wrong_out").exists() or not any((trained / "wrong_out").iterdir()), "nothing written"
+
+
 def test_inference_writes_labels_in_the_original_geometry(trained: Path, synthetic_dataset: Path) -> None:
     out = trained / "infer_out"
     run_bundle(

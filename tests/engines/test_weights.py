@@ -1,0 +1,79 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine
+from torch import nn
+
+from masksam.backbones import CheckpointError
+from masksam.engines import ModelWeightsLoader, check_state_dict
+from masksam.inferers import SemanticWrapper
+from masksam.networks import build_masksam
+
+
+def tiny(**kw) -> nn.Module:
+    settings = {"image_size": 32, "num_slices": 4, "num_queries": 3, "num_classes": 3, **kw}
+    return SemanticWrapper(build_masksam("tiny", generator_widths=[32, 16, 16, 8, 8], mask_head_channels=8, **settings))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    torch.manual_seed(0)
+    model = tiny()
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def run_loader(path: Path, network: nn.Module) -> None:
+    ModelWeightsLoader(path, network)(Engine(lambda e, b: None))
+
+
+def test_loads_plain_and_training_checkpoints(saved: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    model, path = saved
+    fresh = tiny()
+    run_loader(path, fresh)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value)
+    full = tmp_path / "checkpoint_3.pt"
+    torch.save({"model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []}}, full)
+    other = tiny()
+    run_loader(full, other)
+    torch.testing.assert_close(
+        other.state_dict()["network.decoder.class_head.token"], model.state_dict()["network.decoder.class_head.token"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"num_classes": 4}, r"trained with num_classes=3, this config has 4 \(set --num_classes 3\)"),
+        ({"num_queries": 5}, r"trained with num_queries=3, this config has 5 \(set --num_queries 3\)"),
+        ({"num_slices": 2}, r"trained with num_slices=4, this config has 2 \(set --num_slices 4\)"),
+        ({"in_channels": 2}, r"trained with in_channels=1, this config has 2 \(set --in_channels 1\)"),
+        ({"image_size": 64}, r"trained with patch_size=32, this config has 64 \(set --patch_size 32\)"),
+    ],
+)
+def test_another_setting_is_named(saved: tuple[nn.Module, Path], settings: dict, message: str) -> None:
+    _, path = saved
+    with pytest.raises(CheckpointError, match=message) as info:
+        run_loader(path, tiny(**settings))
+    assert str(path) in str(info.value) and "does not fit this config's network" in str(info.value)
+
+
+def test_another_network_is_named(saved: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    _, path = saved
+    with pytest.raises(CheckpointError, match=r"keys of the model are not in the checkpoint .*check --backbone"):
+        run_loader(path, nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(CheckpointError, match=r"model weights not found: .*nowhere\.pt.*train the bundle first"):
+        run_loader(tmp_path / "nowhere.pt", tiny())
+
+
+def test_check_state_dict_accepts_a_matching_state() -> None:
+    model = nn.Linear(3, 2)
+    check_state_dict(model, model.state_dict(), "x")
+    with pytest.raises(CheckpointError, match=r"(?s)x does not fit.*weight: checkpoint \(2, 4\), model \(2, 3\)"):
+        check_state_dict(model, nn.Linear(4, 2).state_dict(), "x")
