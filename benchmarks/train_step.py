@@ -8,6 +8,8 @@ CT-like ``(S, S, T)`` crops with K-1 "organs".
 
 - time: the two variants (``gradient_checkpointing`` False/True on one model) interleaved in one
   process, median per step;
+- saved activations: bytes of the tensors autograd keeps for backward after forward + loss (exact and
+  deterministic; what checkpointing reduces);
 - peak memory: the first step of each variant in a fresh child process (RSS high-water delta on CPU,
   ``max_memory_allocated`` on CUDA; see ``benchmarks/common.py``), the model, optimiser, data and
   imports excluded, AdamW's state (created in that step) included.
@@ -79,10 +81,36 @@ def build(spec: dict[str, Any], device: torch.device, dtype: torch.dtype):
     return net, step
 
 
+def saved_activations_mib(spec: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """MiB of tensors autograd keeps for the backward pass after forward + loss, per variant (exact, no timing)."""
+    net, _ = build(spec, device, dtype)
+    image, label = (torch.cat(t).to(device) for t in zip(*[
+        ct_like_volume((spec["size"], spec["size"], spec["slices"]), spec["classes"], seed=i) for i in range(spec["batch"])
+    ], strict=True))  # fmt: skip
+    loss_fn = MaskClassificationLoss(SetCriterion(spec["classes"], HungarianMatcher())).to(device)
+    out: dict[str, float] = {}
+    for variant, flag in VARIANTS.items():
+        net.set_gradient_checkpointing(flag)
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor, storages: dict[int, int] = storages) -> torch.Tensor:
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()  # a storage saved twice counts once
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+            with ctx:
+                loss = loss_fn(net(image), label)
+        out[variant] = round(sum(storages.values()) / 2**20, 1)
+        del loss
+    return out
+
+
 def measure_child(spec: dict[str, Any]) -> dict[str, Any]:
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
     net, step = build(spec, device, dtype)
-    net.encoder.gradient_checkpointing = VARIANTS[spec["variant"]]
+    net.set_gradient_checkpointing(VARIANTS[spec["variant"]])
     start = time.perf_counter()
     mem = peak_memory_mib(step, device)
     mem["first_step_s"] = time.perf_counter() - start
@@ -118,7 +146,7 @@ def main() -> None:
         runs: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for i in range(args.warmup + args.repeats):
             for variant, flag in VARIANTS.items():
-                net.encoder.gradient_checkpointing = flag
+                net.set_gradient_checkpointing(flag)
                 synchronize(device)
                 start = time.perf_counter()
                 step()
@@ -136,6 +164,14 @@ def main() -> None:
             flush=True,
         )
     if not args.no_memory:
+        saved = saved_activations_mib(spec, device, dtype)
+        result["saved_activations_mib"] = saved
+        result["saved_activations_ratio"] = round(saved["checkpointing"] / saved["no_checkpointing"], 3)
+        print(
+            f"activations saved for backward: without checkpointing {saved['no_checkpointing']:.0f} MiB, "
+            f"with {saved['checkpointing']:.0f} MiB (ratio {result['saved_activations_ratio']})",
+            flush=True,
+        )
         extra = [f"--threads={torch.get_num_threads()}"]
         mem = {v: run_child(__file__, {**spec, "variant": v}, extra) for v in VARIANTS}
         result["peak_mib"] = {v: round(m["peak_mib"], 1) for v, m in mem.items()}

@@ -56,7 +56,7 @@ class MaskClassificationDecoder(nn.Module):
         adapter_dim: hidden width of the adapters (MaskSAM: 64).
         depth_ratio: expansion of the slice MLPs.
         mlp_scale: weight of the adapter beside the token MLP.
-        gradient_checkpointing: recompute each two-way layer's activations in the backward pass.
+        gradient_checkpointing: recompute the activations of each two-way layer and of the heads in the backward pass.
     """
 
     def __init__(
@@ -142,7 +142,7 @@ class MaskClassificationDecoder(nn.Module):
         tokens = torch.cat([fixed, sparse_prompts, cls], dim=1)
         keys = image_embeddings.flatten(2).transpose(1, 2)  # (N, hw, C), channels-last
         key_pe = image_pe.flatten(2).transpose(1, 2)  # (D, hw, C)
-        queries, query_pe, d = tokens, tokens, self.num_slices
+        queries, query_pe = tokens, tokens
         for layer, ad in zip(t.layers, self.layer_adapters, strict=True):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 queries, keys = checkpoint(
@@ -150,10 +150,24 @@ class MaskClassificationDecoder(nn.Module):
                 )
             else:
                 queries, keys = self._layer(layer, ad, queries, keys, query_pe, key_pe, (h, w))
-        a = sam_decoder_attention(t.final_attn_token_to_image, queries + query_pe, self._add_pe(keys, key_pe), keys)
-        queries = t.norm_final_attn(queries + a + self.final_adapter(a, d))
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self._heads, queries, keys, query_pe, key_pe, (h, w), use_reentrant=False)
+        return self._heads(queries, keys, query_pe, key_pe, (h, w))
 
-        upscaled = dec.output_upscaling(keys.transpose(1, 2).reshape(n, c, h, w))  # (N, C/8, 4h, 4w)
+    def _heads(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        grid: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final token-to-image attention, SAM's up-scaling and hypernetwork mask, and the class head."""
+        dec, t = self.decoder, self.decoder.transformer
+        n, _, c = keys.shape
+        a = sam_decoder_attention(t.final_attn_token_to_image, queries + query_pe, self._add_pe(keys, key_pe), keys)
+        queries = t.norm_final_attn(queries + a + self.final_adapter(a, self.num_slices))
+        upscaled = dec.output_upscaling(keys.transpose(1, 2).reshape(n, c, *grid))  # (N, C/8, 4h, 4w)
         hyper = dec.output_hypernetworks_mlps[0](queries[:, 1])  # first mask token (multimask off)
         masks = torch.einsum("nc,nchw->nhw", hyper, upscaled)
         return self.class_head.linear(queries[:, -1]), masks

@@ -108,6 +108,11 @@ class MaskSAM(nn.Module):
         self.num_queries = prompt_generator.num_queries
         self.num_classes = decoder.class_head.linear.out_features - 1
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Switch activation checkpointing of the encoder blocks, generator stages, decoder layers and 3D head."""
+        for module in (self.encoder, self.prompt_generator, self.decoder, self.mask_head):
+            module.gradient_checkpointing = enabled
+
     def trainable_modules(self) -> list[nn.Module]:
         """Modules that train entirely (besides every :class:`Adapter`): the new CNNs and heads."""
         return [self.stem, self.prompt_generator, self.decoder.class_head, self.mask_head]

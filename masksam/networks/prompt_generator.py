@@ -84,7 +84,7 @@ class PromptGenerator3D(nn.Module):
             truncated to the number of stages, which keeps MaskSAM ViT-H near the paper's ~14 M trainable
             parameters; the research code used ``[256, 128, 128, 64, 64]``).
         box_pool: in-plane size the stage outputs are pooled to for the box head (2 -> 4 numbers per box).
-        gradient_checkpointing: recompute each stage's activations in the backward pass (training memory).
+        gradient_checkpointing: recompute the activations of each layer in the backward pass (training memory).
     """
 
     def __init__(
@@ -148,10 +148,6 @@ class PromptGenerator3D(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    @staticmethod
-    def _stage(up: nn.Module, skip: nn.Module, fuse: nn.Module, x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        return fuse(torch.cat([up(x), skip(f)], dim=1))
-
     def forward(self, feats: Sequence[torch.Tensor], num_slices: int) -> dict[str, torch.Tensor]:
         """Run the generator on the encoder features of ``B`` stacks of ``D = num_slices`` slices.
 
@@ -172,7 +168,10 @@ class PromptGenerator3D(nn.Module):
         stages = [x]
         skip_feats = list(feats[:-1])[::-1]
         for up, skip, fuse, f in zip(self.ups, self.skips, self.fuse, skip_feats, strict=False):
-            x = self._run(self._stage, up, skip, fuse, x, stack(f))
+            skipped = stack(f)
+            for layer in skip:  # checkpointed layer by layer: the recomputation of one never holds a whole stage
+                skipped = self._run(layer, skipped)
+            x = self._run(fuse, torch.cat([self._run(up, x), skipped], dim=1))
             stages.append(x)
         d = num_slices
         box_in = torch.cat([F.adaptive_avg_pool3d(s, (d, self.box_pool, self.box_pool)) for s in stages], dim=1)

@@ -150,6 +150,7 @@ def test_gradient_checkpointing_recomputes_every_part_with_equal_gradients() -> 
         "encoder block": lambda m: m.encoder.blocks[0],
         "generator stage": lambda m: m.prompt_generator.fuse[-1],
         "decoder layer": lambda m: m.decoder.layer_adapters[0].token_to_image,
+        "decoder heads": lambda m: m.decoder.decoder.output_upscaling,
         "mask head": lambda m: m.mask_head.layers[0],
     }
     results = []
