@@ -22,13 +22,10 @@ from typing import Any
 
 import torch
 from common import (
-    add_device_args,
-    child_main,
+    begin_benchmark,
     interleaved_medians,
-    machine,
     peak_memory_mib,
     print_result,
-    resolve_device,
     run_child,
 )
 from torch.profiler import ProfilerActivity, profile
@@ -109,14 +106,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3; 2 from 1024 up)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 1; 0 from 1024 up)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
-    add_device_args(parser)
-    args = parser.parse_args()
-    if args.child:
-        child_main(args.child, measure_child)
+    started = begin_benchmark(parser, measure_child)
+    if started is None:
         return
-    device, dtype = resolve_device(args)
-    info = machine(device)
-    print(f"# machine: {info}")
+    args, device, dtype, info = started
     print(f"# {args.backbone} image encoder, batch {args.batch}, {device} {str(dtype).removeprefix('torch.')}")
     rows = []
     kernels = None

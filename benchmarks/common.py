@@ -38,6 +38,7 @@ __all__ = [
     "child_main",
     "print_result",
     "ct_like_volume",
+    "begin_benchmark",
 ]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -160,6 +161,26 @@ def run_child(script: str, spec: dict[str, Any], extra_args: list[str] | None = 
 def child_main(spec_json: str, measure: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     """Body of a child process: run ``measure(spec)`` and print its dict as ``CHILD {json}``."""
     print("CHILD " + json.dumps(measure(json.loads(spec_json))), flush=True)
+
+
+def begin_benchmark(
+    parser: argparse.ArgumentParser, measure_child: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+) -> tuple[argparse.Namespace, torch.device, torch.dtype, dict[str, Any]] | None:
+    """Add the device flags, parse, and either run the child measurement (returns None) or print the machine.
+
+    Returns ``(args, device, dtype, machine)`` in the parent process.
+    """
+    add_device_args(parser)
+    args = parser.parse_args()
+    if args.child:
+        if measure_child is None:
+            raise SystemExit("this benchmark has no child measurement")
+        child_main(args.child, measure_child)
+        return None
+    device, dtype = resolve_device(args)
+    info = machine(device)
+    print(f"# machine: {info}")
+    return args, device, dtype, info
 
 
 def print_result(name: str, result: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ import warnings
 from typing import Any
 
 import torch
-from common import add_device_args, machine, print_result, resolve_device, synchronize
+from common import begin_benchmark, print_result, synchronize
 
 from masksam.backbones import SamViTEncoder3D, build_sam
 from masksam.inferers import SemanticWrapper
@@ -149,11 +149,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=16, help="K (not for tiny)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=0)
-    add_device_args(parser)
-    args = parser.parse_args()
-    device, dtype = resolve_device(args)
-    info = machine(device)
-    print(f"# machine: {info}")
+    started = begin_benchmark(parser)
+    assert started is not None  # no child measurement: start() returns in the parent
+    args, device, dtype, info = started
     rows = []
     for config in args.configs:
         backbone, size = config.split(":")

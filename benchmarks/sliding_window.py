@@ -29,13 +29,10 @@ from typing import Any
 
 import torch
 from common import (
-    add_device_args,
-    child_main,
+    begin_benchmark,
     ct_like_volume,
-    machine,
     peak_memory_mib,
     print_result,
-    resolve_device,
     rss_kib,
     run_child,
     synchronize,
@@ -119,14 +116,10 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=16)
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 64], help="volume H W D")
-    add_device_args(parser)
-    args = parser.parse_args()
-    if args.child:
-        child_main(args.child, measure_child)
+    started = begin_benchmark(parser, measure_child)
+    if started is None:
         return
-    device, dtype = resolve_device(args)
-    info = machine(device)
-    print(f"# machine: {info}")
+    args, device, dtype, info = started
     spec = {
         k: getattr(args, k)
         for k in ("backbone", "bundle_widths", "roi", "slices", "queries", "classes", "overlap", "shape")

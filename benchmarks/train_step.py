@@ -32,13 +32,10 @@ from typing import Any
 
 import torch
 from common import (
-    add_device_args,
-    child_main,
+    begin_benchmark,
     ct_like_volume,
-    machine,
     peak_memory_mib,
     print_result,
-    resolve_device,
     run_child,
     synchronize,
 )
@@ -129,14 +126,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-time", action="store_true", help="only the peak-memory children")
-    add_device_args(parser)
-    args = parser.parse_args()
-    if args.child:
-        child_main(args.child, measure_child)
+    started = begin_benchmark(parser, measure_child)
+    if started is None:
         return
-    device, dtype = resolve_device(args)
-    info = machine(device)
-    print(f"# machine: {info}")
+    args, device, dtype, info = started
     spec = {k: getattr(args, k) for k in ("backbone", "size", "slices", "queries", "classes", "batch")}
     spec.update(device=str(device), dtype=str(dtype).removeprefix("torch."))
     print(f"# training step: {spec}")

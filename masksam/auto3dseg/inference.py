@@ -43,6 +43,7 @@ class TemplateInferer:
         parser = read_algo_config(config_file, override)
         self.device = torch.device(parser.get_parsed_content("device"))
         self.amp = bool(parser.get_parsed_content("amp")) and self.device.type == "cuda"
+        self.amp_dtype = parser.get_parsed_content("amp_dtype") if self.amp else None
         self.checkpoint = os.path.join(parser.get_parsed_content("ckpt_path"), "model.pt")
         if not os.path.isfile(self.checkpoint):
             raise FileNotFoundError(f"trained weights not found: {self.checkpoint} (has the fold been trained?)")
@@ -70,7 +71,7 @@ class TemplateInferer:
         """
         item = dict(image_file) if isinstance(image_file, Mapping) else {"image": os.fspath(image_file)}
         batch = list_data_collate([self.preprocessing(item)])
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             batch["pred"] = self.inferer(batch["image"].to(self.device), self.network)
         out = self.postprocessing(decollate_batch(batch)[0])
         return out["pred"].float().cpu()

@@ -131,7 +131,9 @@ def test_inference_writes_labels_in_the_original_geometry(trained: Path, synthet
     np.testing.assert_allclose(prob.get_fdata().sum(-1), 1.0, atol=1e-4)
 
 
-def test_same_file_names_in_two_folders_do_not_collide(trained: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
+def test_same_file_names_in_two_folders_do_not_collide_and_inputs_are_never_overwritten(
+    trained: Path, synthetic_dataset: Path, tmp_path: Path
+) -> None:
     import shutil
 
     inputs = tmp_path / "inputs"
@@ -150,6 +152,15 @@ def test_same_file_names_in_two_folders_do_not_collide(trained: Path, synthetic_
         "site_b/case_seg.nii.gz",
     ]
     assert sorted(p.name for p in (inputs / "site_a").iterdir()) == ["case.nii.gz"], "inputs are left untouched"
+
+    # Written next to the inputs: the input bytes stay as they were.
+    before = (inputs / "site_a" / "case.nii.gz").read_bytes()
+    run_bundle(
+        trained, "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(inputs),
+        "--datalist", str(datalist), "--output_dir", str(inputs), *TINY_MODEL,
+    )  # fmt: skip
+    assert sorted(p.name for p in (inputs / "site_a").iterdir()) == ["case.nii.gz", "case_seg.nii.gz"]
+    assert (inputs / "site_a" / "case.nii.gz").read_bytes() == before
 
 
 def test_verify_net_in_out_and_torchscript_export(trained: Path) -> None:

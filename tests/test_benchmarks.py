@@ -1,0 +1,56 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""The benchmark scripts run end to end on tiny settings and print their machine-readable result.
+
+Correctness only (numerical agreement, shapes, the structure of the result); no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.xdist_group("benchmarks")
+
+
+def run(script: str, *args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--threads", "1", *args],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(lines) == 1, proc.stdout[-3000:]
+    return json.loads(lines[0][len("RESULT ") :])
+
+
+def test_attention_benchmark_agrees_with_segment_anything() -> None:
+    result = run("attention.py", "--backbone", "tiny", "--sizes", "64", "--repeats", "1", "--warmup", "0")
+    (row,) = result["rows"]
+    assert row["size"] == 64 and row["max_abs_diff"] < 1e-4
+    assert row["peak_mib"]["ours"] >= 0 and row["peak_mib"]["segment_anything"] >= 0
+    assert any("scaled_dot_product" in k for k in result["kernels"]["inference"])
+
+
+def test_train_step_benchmark_reports_both_variants() -> None:
+    result = run("train_step.py", "--backbone", "tiny", "--size", "32", "--slices", "4", "--queries", "3",
+                 "--classes", "2", "--repeats", "1", "--warmup", "0")  # fmt: skip
+    saved = result["saved_activations_mib"]
+    assert saved["checkpointing"] < saved["no_checkpointing"], "checkpointing keeps fewer activations"
+    assert set(result["step_s"]) == set(result["peak_mib"]) == {"no_checkpointing", "checkpointing"}
+
+
+def test_inference_and_sliding_window_benchmarks_run() -> None:
+    per_slice = run("inference_per_slice.py", "--configs", "tiny:32", "--repeats", "1")
+    (row,) = per_slice["rows"]
+    assert row["config"] == "tiny:32" and row["per_slice_s"]["masksam"] > 0
+    window = run("sliding_window.py", "--roi", "32", "--slices", "4", "--queries", "3", "--classes", "2",
+                 "--shape", "40", "36", "10")  # fmt: skip
+    assert window["pred_shape"] == [1, 2, 40, 36, 10] and window["windows"] >= 4
