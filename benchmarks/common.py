@@ -172,6 +172,8 @@ def begin_benchmark(
     """
     add_device_args(parser)
     args = parser.parse_args()
+    if args.threads:  # parent and child processes alike
+        torch.set_num_threads(args.threads)
     if args.child:
         if measure_child is None:
             raise SystemExit("this benchmark has no child measurement")

@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=0)
     started = begin_benchmark(parser)
-    assert started is not None  # no child measurement: start() returns in the parent
+    assert started is not None  # no child measurement: begin_benchmark() returns in the parent
     args, device, dtype, info = started
     rows = []
     for config in args.configs:

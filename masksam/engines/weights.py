@@ -18,6 +18,7 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from masksam.backbones.sam import CheckpointError, read_state_dict
 
@@ -101,9 +102,15 @@ class ModelWeightsLoader(CheckpointLoader):
     def __call__(self, engine: Engine) -> None:
         if not os.path.isfile(self.load_path):
             raise CheckpointError(
-                f"model weights not found: {self.load_path!r} (train the bundle first, or set --ckpt_path)"
+                f"model weights not found: {self.load_path!r} (train the bundle first, or point the config at them)"
             )
         state = read_state_dict(self.load_path)  # a plain state dict, or the one under "model"
-        check_state_dict(self.network, state, repr(self.load_path))
-        self.network.load_state_dict(state)  # copies into the network's tensors, on its device
+        # Trained weights are saved from the plain network: unwrap DistributedDataParallel/DataParallel.
+        network = (
+            self.network.module
+            if isinstance(self.network, (nn.DataParallel, DistributedDataParallel))
+            else self.network
+        )
+        check_state_dict(network, state, repr(self.load_path))
+        network.load_state_dict(state)  # copies into the network's tensors, on its device
         logger.info("loaded %d tensors from %s", len(state), self.load_path)

@@ -27,7 +27,6 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -46,11 +45,13 @@ PROMPT_SCHEMA: dict[str, Any] = {
         "space": {"enum": ["voxel", "world"], "default": "voxel"},
         "points": {
             "type": "array",
+            "minItems": 1,
             "items": {"type": "array", "items": _NUMBER, "minItems": 3, "maxItems": 3},
         },
-        "point_labels": {"type": "array", "items": {"enum": [0, 1]}},
+        "point_labels": {"type": "array", "minItems": 1, "items": {"enum": [0, 1]}},
         "boxes": {
             "type": "array",
+            "minItems": 1,
             "items": {"type": "array", "items": _NUMBER, "minItems": 6, "maxItems": 6},
         },
         "label": {"type": "integer", "minimum": 1},
@@ -112,6 +113,8 @@ def validate_prompts(
     Raises:
         PromptError: naming ``source`` and the JSON path of the first offending value.
     """
+    import jsonschema  # only prompted workflows need it
+
     validator = jsonschema.Draft202012Validator(PROMPT_SCHEMA)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
@@ -124,20 +127,24 @@ def validate_prompts(
         raise PromptError(
             f"{_where(source, '$.point_labels')}: {len(labels)} labels for {len(points)} points (one label per point)"
         )
-    if data.get("space", "voxel") == "world":
-        if affine is None:
-            raise PromptError(f"{_where(source, '$.space')}: 'world' coordinates need the image's affine")
-        affine = np.asarray(affine, dtype=np.float64)
-        points = _to_voxel(points, affine)
-        corners = _to_voxel(boxes.reshape(-1, 3), affine).reshape(-1, 2, 3)
-        boxes = np.concatenate([corners.min(1), corners.max(1)], axis=1)  # an axis flip swaps the corners
-    for i, box in enumerate(boxes):
+    for i, box in enumerate(boxes):  # corner order is checked as given, in the file's own frame
         bad = [axis for axis, lo, hi in zip("xyz", box[:3], box[3:], strict=True) if hi < lo]
         if bad:
             raise PromptError(
                 f"{_where(source, f'$.boxes[{i}]')}: corner {tuple(box[:3].tolist())} -> {tuple(box[3:].tolist())} "
                 f"has {', '.join(f'{a}1 < {a}0' for a in bad)}"
             )
+    if data.get("space", "voxel") == "world":
+        if affine is None:
+            raise PromptError(f"{_where(source, '$.space')}: 'world' coordinates need the image's affine")
+        affine = np.asarray(affine, dtype=np.float64)
+        points = _to_voxel(points, affine)
+        # All 8 corners of each world box: flipped, permuted or oblique axes give the enclosing voxel box.
+        lo, hi = boxes[:, None, :3], boxes[:, None, 3:]
+        pick = np.array([[(c >> a) & 1 for a in range(3)] for c in range(8)], dtype=bool)  # (8, 3)
+        corners = np.where(pick[None], hi, lo).reshape(-1, 3)
+        corners = _to_voxel(corners, affine).reshape(-1, 8, 3)
+        boxes = np.concatenate([corners.min(1), corners.max(1)], axis=1)
     if spatial_shape is not None:
         upper = np.asarray(spatial_shape, dtype=np.float64) - 1
         tol = 1e-4  # world -> voxel round-off

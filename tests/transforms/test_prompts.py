@@ -32,16 +32,31 @@ def test_valid_voxel_prompts(tmp_path: Path) -> None:
 
 
 def test_world_prompts_go_through_the_inverse_affine() -> None:
-    affine = np.diag([-2.0, 0.5, 3.0, 1.0])  # x flipped: world box corners swap
+    affine = np.diag([-2.0, 0.5, 3.0, 1.0])  # x flipped: the world box's low x is the high voxel x
     affine[:3, 3] = [80.0, -10.0, 6.0]
     voxels = np.array([[10.0, 5, 3], [20, 25, 10]])
     world = (affine @ np.c_[voxels, np.ones(2)].T).T[:, :3]
-    data = {"space": "world", "points": [world[0].tolist()], "point_labels": [1], "boxes": [world.ravel().tolist()]}
+    box = [*world.min(0), *world.max(0)]
+    data = {"space": "world", "points": [world[0].tolist()], "point_labels": [1], "boxes": [box]}
     prompts = validate_prompts(data, SHAPE, affine)
     torch.testing.assert_close(prompts.points, torch.tensor([[10.0, 5, 3]]))
     torch.testing.assert_close(prompts.boxes, torch.tensor([[10.0, 5, 3, 20, 25, 10]]))
     with pytest.raises(PromptError, match=r"\$\.space: 'world' coordinates need the image's affine"):
         validate_prompts(data, SHAPE)
+    with pytest.raises(PromptError, match=r"\$\.boxes\[0\]: corner .* has x1 < x0"):
+        validate_prompts({**data, "boxes": [world.ravel().tolist()]}, SHAPE, affine)  # corners as given: unordered
+
+
+def test_oblique_world_box_gives_the_enclosing_voxel_box() -> None:
+    theta = np.deg2rad(30)
+    affine = np.eye(4)
+    affine[:2, :2] = [[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]
+    box = [0.0, 0.0, 0.0, 10.0, 10.0, 5.0]  # world mm
+    out = validate_prompts({"space": "world", "boxes": [box]}, None, affine).boxes[0]
+    corners = np.array([[x, y, z, 1.0] for x in (0, 10) for y in (0, 10) for z in (0, 5)])
+    vox = (np.linalg.inv(affine) @ corners.T).T[:, :3]
+    torch.testing.assert_close(out, torch.tensor([*vox.min(0), *vox.max(0)], dtype=torch.float32))
+    assert out[3] - out[0] > 10.0 + 1e-3, "a rotated box encloses more than its two given corners span"
 
 
 @pytest.mark.parametrize(
@@ -55,6 +70,7 @@ def test_world_prompts_go_through_the_inverse_affine() -> None:
         ({"boxes": [[1, 2, 3, 4, 5, "6"]]}, r"\$\.boxes\[0\]\[5\]: '6' is not of type 'number'"),
         ({"boxes": [[1, 2, 3, 4, 5, 6]], "clicks": []}, r"\$: Additional properties are not allowed \('clicks'"),
         ({"boxes": [[1, 2, 3, 4, 5, 6]], "label": 0}, r"\$\.label: 0 is less than the minimum of 1"),
+        ({"points": [], "point_labels": []}, r"\$\.point(s|_labels): \[\] (should be non-empty|is too short)"),
         (
             {"boxes": [[0, 9, 0, 5, 2, 1]]},
             r"\$\.boxes\[0\]: corner \(0\.0, 9\.0, 0\.0\) -> \(5\.0, 2\.0, 1\.0\) has y1 < y0",
