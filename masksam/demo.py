@@ -52,6 +52,9 @@ def demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: i
         "val_interval": epochs + 1,  # no validation pass: the demo evaluates its inference output once
         "num_samples": 2,
         "pos_neg_ratio": [3, 1],
+        # No 90-degree rotations: the brain is near-symmetric, and a 180-degree turn shows a left nucleus where
+        # the right one was under its own label (with them the fit kept one side and lost the other).
+        "rotate90_prob": 0.0,
         "num_workers": 0,
         "cache_rate": 1.0,
         "learning_rate": 0.003,
