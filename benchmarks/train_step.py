@@ -61,30 +61,28 @@ def build(spec: dict[str, Any], device: torch.device, dtype: torch.dtype):
     ]
     image = torch.cat([c[0] for c in crops]).to(device)
     label = torch.cat([c[1] for c in crops]).to(device)
-    amp = dtype != torch.float32
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def forward_loss() -> torch.Tensor:
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+        with ctx:
+            out = net(image)
+        return loss_fn(out, label)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        ctx = torch.autocast(device.type, dtype=dtype) if amp else contextlib.nullcontext()
-        with ctx:
-            out = net(image)
-        loss = loss_fn(out, label)
+        loss = forward_loss()
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
         return float(loss.detach())
 
-    return net, step
+    return net, step, forward_loss
 
 
 def saved_activations_mib(spec: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     """MiB of tensors autograd keeps for the backward pass after forward + loss, per variant (exact, no timing)."""
-    net, _ = build(spec, device, dtype)
-    image, label = (torch.cat(t).to(device) for t in zip(*[
-        ct_like_volume((spec["size"], spec["size"], spec["slices"]), spec["classes"], seed=i) for i in range(spec["batch"])
-    ], strict=True))  # fmt: skip
-    loss_fn = MaskClassificationLoss(SetCriterion(spec["classes"], HungarianMatcher())).to(device)
+    net, _, forward_loss = build(spec, device, dtype)
     out: dict[str, float] = {}
     for variant, flag in VARIANTS.items():
         net.set_gradient_checkpointing(flag)
@@ -96,9 +94,7 @@ def saved_activations_mib(spec: dict[str, Any], device: torch.device, dtype: tor
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-            with ctx:
-                loss = loss_fn(net(image), label)
+            loss = forward_loss()
         out[variant] = round(sum(storages.values()) / 2**20, 1)
         del loss
     return out
@@ -106,7 +102,7 @@ def saved_activations_mib(spec: dict[str, Any], device: torch.device, dtype: tor
 
 def measure_child(spec: dict[str, Any]) -> dict[str, Any]:
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
-    net, step = build(spec, device, dtype)
+    net, step, _ = build(spec, device, dtype)
     net.set_gradient_checkpointing(VARIANTS[spec["variant"]])
     start = time.perf_counter()
     mem = peak_memory_mib(step, device)
@@ -135,7 +131,7 @@ def main() -> None:
     print(f"# training step: {spec}")
     result: dict[str, Any] = {"config": spec, "machine": info}
     if not args.no_time:
-        net, step = build(spec, device, dtype)
+        net, step, _ = build(spec, device, dtype)
         runs: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for i in range(args.warmup + args.repeats):
             for variant, flag in VARIANTS.items():

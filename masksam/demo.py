@@ -115,9 +115,7 @@ TIME_BUDGET_MIN = 9.0
 INFER_OVERLAP = (0.25, 0.25, 0.75)
 
 
-def _infer(
-    work_dir: Path, image_dir: Path, out_dir: Path, overrides: dict[str, Any], overlap: Any = INFER_OVERLAP
-) -> None:
+def _infer(work_dir: Path, image_dir: Path, out_dir: Path, overrides: dict[str, Any]) -> None:
     from monai.bundle import ConfigWorkflow
 
     from masksam.engines import latest_checkpoint
@@ -133,7 +131,7 @@ def _infer(
         dataset_dir=str(image_dir),
         output_dir=str(out_dir),
         ckpt_path=latest_checkpoint(work_dir / "models"),  # the last epoch's full training state
-        overlap=list(overlap),
+        overlap=list(INFER_OVERLAP),
         **{k: overrides[k] for k in keys},
     )
     workflow.initialize()

@@ -19,11 +19,11 @@ from functools import partial
 import torch
 from segment_anything.modeling.image_encoder import Block, ImageEncoderViT, window_partition, window_unpartition
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from masksam.adapters.base import check_num_slices
 from masksam.adapters.block import BlockAdapters
 from masksam.backbones.attention import sam_attention
+from masksam.backbones.checkpointing import maybe_checkpoint
 
 __all__ = ["AdaptedBlock", "SamViTEncoder3D", "TinyViTEncoder3D"]
 
@@ -131,10 +131,7 @@ class SamViTEncoder3D(nn.Module):
             x = self.slice_embedding(x)
         feats: list[torch.Tensor] = []
         for i, blk in enumerate(self.blocks):
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(blk, x, num_slices, use_reentrant=False)
-            else:
-                x = blk(x, num_slices)
+            x = maybe_checkpoint(self.gradient_checkpointing, blk, x, num_slices)
             if i in self.out_indices:
                 feats.append(x.permute(0, 3, 1, 2))
         feats.append(self.neck(x.permute(0, 3, 1, 2)))
@@ -208,10 +205,7 @@ class TinyViTEncoder3D(nn.Module):
             x = self.slice_embedding(x)
         feats = [self._grid(x).permute(0, 3, 1, 2)]
         for stage, adapters in zip(list(self.encoder.layers)[1:], self.stage_adapters, strict=True):
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(self._run_stage, x, stage, adapters, num_slices, use_reentrant=False)
-            else:
-                x = self._run_stage(x, stage, adapters, num_slices)
+            x = maybe_checkpoint(self.gradient_checkpointing, self._run_stage, x, stage, adapters, num_slices)
             feats.append(self._grid(x).permute(0, 3, 1, 2))
         feats.append(self.encoder.neck(feats[-1]))
         return feats

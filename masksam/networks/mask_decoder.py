@@ -1,8 +1,9 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
 """SAM's two-way mask decoder, frozen, with MaskSAM's 3D adapters and a mask-classification head.
 
-Its attention runs through SDPA (:func:`~masksam.backbones.attention.sam_decoder_attention`). The decoder solves one problem per (stack, query, slice): ``N = B * Q * D`` problems ordered with the
-slice index innermost, so that the slice-axis adapters see the D slices of one query consecutively.
+The decoder solves one problem per (stack, query, slice): ``N = B * Q * D`` problems ordered with the
+slice index innermost, so that the slice-axis adapters see the D slices of one query consecutively. Its
+attention runs through SDPA (:func:`~masksam.backbones.attention.sam_decoder_attention`).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import torch
 from segment_anything.modeling import MaskDecoder
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from masksam.adapters import DepthConvAdapter3D, DepthMLPAdapter3D
 from masksam.backbones.attention import sam_decoder_attention
+from masksam.backbones.checkpointing import maybe_checkpoint
 
 __all__ = ["DecoderLayerAdapters", "ClassHead", "MaskClassificationDecoder", "MaskHead3D"]
 
@@ -144,15 +145,10 @@ class MaskClassificationDecoder(nn.Module):
         key_pe = image_pe.flatten(2).transpose(1, 2)  # (D, hw, C)
         queries, query_pe = tokens, tokens
         for layer, ad in zip(t.layers, self.layer_adapters, strict=True):
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                queries, keys = checkpoint(
-                    self._layer, layer, ad, queries, keys, query_pe, key_pe, (h, w), use_reentrant=False
-                )
-            else:
-                queries, keys = self._layer(layer, ad, queries, keys, query_pe, key_pe, (h, w))
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self._heads, queries, keys, query_pe, key_pe, (h, w), use_reentrant=False)
-        return self._heads(queries, keys, query_pe, key_pe, (h, w))
+            queries, keys = maybe_checkpoint(
+                self.gradient_checkpointing, self._layer, layer, ad, queries, keys, query_pe, key_pe, (h, w)
+            )
+        return maybe_checkpoint(self.gradient_checkpointing, self._heads, queries, keys, query_pe, key_pe, (h, w))
 
     def _heads(
         self,
@@ -196,6 +192,4 @@ class MaskHead3D(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self.layers, masks, use_reentrant=False)
-        return self.layers(masks)
+        return maybe_checkpoint(self.gradient_checkpointing, self.layers, masks)

@@ -224,7 +224,6 @@ def build_masksam(
             sam.image_encoder,
             stage_adapters=stage_adapters,
             slice_embedding=SliceEmbedding(num_slices, 128),
-            gradient_checkpointing=gradient_checkpointing,
         )
     else:
         enc = sam.image_encoder
@@ -238,7 +237,6 @@ def build_masksam(
             block_adapters=masksam_block_adapters(dim, depth, hidden_dim=encoder_adapter_dim),
             slice_embedding=SliceEmbedding(num_slices, dim),
             out_indices=out_indices,
-            gradient_checkpointing=gradient_checkpointing,
         )
     token_dim = sam.mask_decoder.transformer_dim
     generator = PromptGenerator3D(
@@ -247,7 +245,6 @@ def build_masksam(
         num_queries,
         token_dim=token_dim,
         widths=generator_widths,
-        gradient_checkpointing=gradient_checkpointing,
     )
     grid = sam.prompt_encoder.image_embedding_size
     neck_stride = encoder.feature_strides[-1]
@@ -262,17 +259,16 @@ def build_masksam(
             num_classes,
             num_slices,
             adapter_dim=decoder_adapter_dim,
-            gradient_checkpointing=gradient_checkpointing,
         ),
         mask_head=MaskHead3D(
             num_queries,
             num_up=int(math.log2(neck_stride // 4)),
             hidden=mask_head_channels,
-            gradient_checkpointing=gradient_checkpointing,
         ),
         num_slices=num_slices,
         image_size=image_size,
     )
+    model.set_gradient_checkpointing(gradient_checkpointing)
     model.mark_trainable()
     logger.debug("%s", format_parameter_counts(model, f"MaskSAM[{backbone}]"))
     return model

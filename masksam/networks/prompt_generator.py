@@ -10,14 +10,14 @@ are ``(B, C, D, H, W)`` (slice axis before the in-plane axes) so that in-plane u
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from masksam.backbones.checkpointing import maybe_checkpoint
 
 __all__ = ["PromptGenerator3D", "ConvBlock3D", "learned_box"]
 
@@ -142,12 +142,6 @@ class PromptGenerator3D(nn.Module):
         self.box_pool = box_pool
         self.gradient_checkpointing = gradient_checkpointing
 
-    def _run(self, fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
-        """``fn(*args)``, checkpointed when training with ``gradient_checkpointing``."""
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
-
     def forward(self, feats: Sequence[torch.Tensor], num_slices: int) -> dict[str, torch.Tensor]:
         """Run the generator on the encoder features of ``B`` stacks of ``D = num_slices`` slices.
 
@@ -164,14 +158,17 @@ class PromptGenerator3D(nn.Module):
             n, c, h, w = f.shape
             return f.reshape(n // num_slices, num_slices, c, h, w).transpose(1, 2)
 
-        x = self._run(self.neck_stage, stack(feats[-1]))
+        ckpt = self.gradient_checkpointing
+        x = maybe_checkpoint(ckpt, self.neck_stage, stack(feats[-1]))
         stages = [x]
         skip_feats = list(feats[:-1])[::-1]
         for up, skip, fuse, f in zip(self.ups, self.skips, self.fuse, skip_feats, strict=False):
             skipped = stack(f)
-            for layer in skip:  # checkpointed layer by layer: the recomputation of one never holds a whole stage
-                skipped = self._run(layer, skipped)
-            x = self._run(fuse, torch.cat([self._run(up, x), skipped], dim=1))
+            # Conv blocks are checkpointed one by one (a recomputation never holds a whole stage); a lone
+            # transposed conv keeps its input for its weight gradient anyway, so recomputing it saves nothing.
+            for layer in skip:
+                skipped = maybe_checkpoint(ckpt, layer, skipped) if isinstance(layer, ConvBlock3D) else layer(skipped)
+            x = maybe_checkpoint(ckpt, fuse, torch.cat([up(x), skipped], dim=1))
             stages.append(x)
         d = num_slices
         box_in = torch.cat([F.adaptive_avg_pool3d(s, (d, self.box_pool, self.box_pool)) for s in stages], dim=1)
