@@ -8,6 +8,7 @@ from segment_anything.modeling.transformer import Attention as DecoderAttention
 from torch.profiler import ProfilerActivity, profile
 
 import masksam.backbones.attention as attention_module
+from masksam.adapters import masksam_block_adapters, med_sa_block_adapters
 from masksam.backbones import AdaptedBlock, decomposed_rel_pos_bias, sam_attention
 from masksam.backbones.attention import sam_decoder_attention
 
@@ -61,9 +62,9 @@ def test_bias_is_contiguous_and_matches_definition() -> None:
     torch.testing.assert_close(bias, expected.reshape(2, 3, 20, 20))
 
 
-@pytest.mark.parametrize("budget", [1, 4 * 36 * 36, 4 * 36 * 36 * 2, 4 * 36 * 10])
+@pytest.mark.parametrize("budget", [1, 36 * 10, 36 * 36 * 2, 4 * 36 * 36, 4 * 36 * 36 * 2, 3 * 4 * 36 * 36])
 def test_chunked_bias_equals_whole(budget: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunks along rows of one image, along images, or none: the same result (rows are independent)."""
+    """Chunks of single query rows, of 9 rows of one head, of 2 heads, of 1 and 2 images, or none: one result."""
     attn = _attention(grid=(6, 6))
     x = torch.randn(3, 6, 6, 96)
     with torch.no_grad():
@@ -127,3 +128,22 @@ def test_adapted_block_without_adapters_equals_vit_b_block(window_size: int) -> 
     x = torch.randn(2, 32, 32, 768)
     with torch.no_grad():
         torch.testing.assert_close(AdaptedBlock(block)(x, num_slices=2), block(x), rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("window_size", [0, 4])
+@pytest.mark.parametrize("preset", [None, masksam_block_adapters, med_sa_block_adapters])
+def test_adapted_block_without_autograd_equals_with_and_keeps_its_input(window_size: int, preset) -> None:
+    """Without autograd the block sums into its own branch outputs and runs GELU in place: same output,
+    the input untouched (the encoder keeps block outputs as features)."""
+    block = Block(dim=32, num_heads=4, use_rel_pos=True, window_size=window_size, input_size=(6, 6))
+    _randomise(block)
+    adapted = AdaptedBlock(block, preset(32, 1)[0] if preset is not None else None).eval()
+    x = torch.randn(4, 6, 6, 32)
+    kept = x.clone()
+    with torch.enable_grad():
+        expected = adapted(x, num_slices=2)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            out = adapted(x, num_slices=2)
+        torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5)
+        assert torch.equal(x, kept)
