@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from masksam.networks.blocks import PatchConvTranspose3d
 from masksam.networks.mask_decoder import ClassHead, DecoderLayerAdapters, MaskClassificationDecoder, MaskHead3D
 from masksam.networks.masksam import MASKSAM_OUTPUT_KEYS, MaskSAM, Stem3D, build_masksam
 from masksam.networks.prompt_generator import ConvBlock3D, PromptGenerator3D, learned_box
@@ -14,6 +15,7 @@ __all__ = [
     "MaskHead3D",
     "MASKSAM_OUTPUT_KEYS",
     "MaskSAM",
+    "PatchConvTranspose3d",
     "Stem3D",
     "build_masksam",
     "ConvBlock3D",

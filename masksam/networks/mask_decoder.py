@@ -15,6 +15,7 @@ from torch import nn
 from masksam.adapters import DepthConvAdapter3D, DepthMLPAdapter3D
 from masksam.backbones.attention import sam_decoder_attention
 from masksam.backbones.checkpointing import maybe_checkpoint
+from masksam.networks.blocks import PatchConvTranspose3d
 
 __all__ = ["DecoderLayerAdapters", "ClassHead", "MaskClassificationDecoder", "MaskHead3D"]
 
@@ -184,7 +185,7 @@ class MaskHead3D(nn.Module):
         layers: list[nn.Module] = [nn.Conv3d(num_queries, hidden, 3, padding=1)]
         for _ in range(num_up):
             layers += [
-                nn.ConvTranspose3d(hidden, hidden, (1, 2, 2), stride=(1, 2, 2)),
+                PatchConvTranspose3d(hidden, hidden, (1, 2, 2)),
                 nn.InstanceNorm3d(hidden, affine=True),
                 nn.GELU(),
             ]

@@ -18,6 +18,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from masksam.backbones.checkpointing import maybe_checkpoint
+from masksam.networks.blocks import PatchConvTranspose3d
 
 __all__ = ["PromptGenerator3D", "ConvBlock3D", "learned_box"]
 
@@ -38,8 +39,8 @@ class ConvBlock3D(nn.Sequential):
         )
 
 
-def _up(in_channels: int, out_channels: int) -> nn.ConvTranspose3d:
-    return nn.ConvTranspose3d(in_channels, out_channels, kernel_size=(1, 2, 2), stride=(1, 2, 2))
+def _up(in_channels: int, out_channels: int) -> PatchConvTranspose3d:
+    return PatchConvTranspose3d(in_channels, out_channels, kernel_size=(1, 2, 2))
 
 
 def _num_doublings(ratio: float, what: str) -> int:
