@@ -34,7 +34,6 @@ import time
 from typing import Any
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from common import (
     begin_benchmark,
     ct_like_volume,
@@ -43,6 +42,7 @@ from common import (
     run_child,
     synchronize,
 )
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from masksam.losses import HungarianMatcher, MaskClassificationLoss, SetCriterion
 from masksam.networks import build_masksam

@@ -54,3 +54,39 @@ def test_inference_and_sliding_window_benchmarks_run() -> None:
     window = run("sliding_window.py", "--roi", "32", "--slices", "4", "--queries", "3", "--classes", "2",
                  "--shape", "40", "36", "10")  # fmt: skip
     assert window["pred_shape"] == [1, 2, 40, 36, 10] and window["windows"] >= 4
+
+
+def test_train_step_benchmark_bounds_the_ratio_from_the_checkpointed_step_alone() -> None:
+    result = run("train_step.py", "--backbone", "tiny", "--size", "32", "--slices", "4", "--queries", "3",
+                 "--classes", "2", "--no-time", "--peak-variants", "checkpointing")  # fmt: skip
+    assert set(result["peak_mib"]) == {"checkpointing"} and "step_s" not in result
+    bound = result["peak_mib"]["checkpointing"] / result["saved_activations_mib"]["no_checkpointing"]
+    assert result["peak_memory_ratio_at_most"] == pytest.approx(bound, abs=0.01)
+
+
+def test_saved_activation_count_without_holding_equals_a_held_count() -> None:
+    """The weak-reference count (nothing kept) equals counting the storages autograd really keeps."""
+    import torch
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import train_step
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    spec = {"backbone": "tiny", "size": 32, "slices": 4, "queries": 3, "classes": 2, "batch": 1}
+    counted = train_step.saved_activations_mib(spec, torch.device("cpu"), torch.float32)
+    net, _, forward_loss = train_step.build(spec, torch.device("cpu"), torch.float32)
+    own = {p.untyped_storage().data_ptr() for p in [*net.parameters(), *net.buffers()]}
+    for variant, flag in train_step.VARIANTS.items():
+        net.set_gradient_checkpointing(flag)
+        held: dict[int, int] = {}
+
+        def pack(t, held=held):
+            if t.untyped_storage().data_ptr() not in own:
+                held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t  # kept alive by autograd, so no address is reused while counting
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = forward_loss()
+        assert counted[variant] == pytest.approx(sum(held.values()) / 2**20, abs=0.1), variant
+        del loss
