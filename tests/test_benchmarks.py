@@ -51,6 +51,7 @@ def test_inference_and_sliding_window_benchmarks_run() -> None:
     per_slice = run("inference_per_slice.py", "--configs", "tiny:32", "--repeats", "1")
     (row,) = per_slice["rows"]
     assert row["config"] == "tiny:32" and row["per_slice_s"]["masksam"] > 0
+    assert row["per_slice_s"]["masksam_no_grad"] > 0 and row["no_grad_vs_inference_mode"] > 0
     window = run("sliding_window.py", "--roi", "32", "--slices", "4", "--queries", "3", "--classes", "2",
                  "--shape", "40", "36", "10")  # fmt: skip
     assert window["pred_shape"] == [1, 2, 40, 36, 10] and window["windows"] >= 4
