@@ -96,6 +96,7 @@ def run_config(backbone: str, size: int, args: argparse.Namespace, device: torch
     x = torch.rand(1, 1, size, size, t, device=device)
     slices = torch.rand(t, 3, size, size, device=device)
     plain = net.encoder.encoder if backbone == "lite_medsam" else None
+
     def no_grad_mode() -> torch.Tensor:  # the bundles' mode: MONAI's evaluator runs under torch.no_grad
         with torch.inference_mode(False), torch.no_grad():
             return wrapper(x)
