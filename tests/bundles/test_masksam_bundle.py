@@ -175,7 +175,10 @@ def test_verify_net_in_out_and_torchscript_export(trained: Path) -> None:
     )  # fmt: skip
     scripted = torch.jit.load(str(trained / "models" / "model.ts"))
     workflow = ConfigWorkflow(
-        config_file=str(trained / "configs" / "inference.yaml"), workflow_type="infer", **TINY_OVERRIDES
+        config_file=str(trained / "configs" / "inference.yaml"),
+        workflow_type="infer",
+        bundle_root=str(trained),  # its initialisation creates <bundle_root>/eval: not in the working directory
+        **TINY_OVERRIDES,
     )
     workflow.initialize()
     net = workflow.parser.get_parsed_content("network_def")
