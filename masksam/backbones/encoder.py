@@ -63,7 +63,7 @@ class AdaptedBlock(nn.Module):
         ad = self.adapters
         # Without autograd the residual sums go into the branch outputs, which this block has just
         # allocated, and GELU works in place: three fewer large tensors per block (on CPU each new one
-        # costs page faults: 14 % of the ViT-B encoder's time at 1024 px, benchmarks/attention.py).
+        # costs page faults; docs/performance.md, "The memory allocator").
         reuse = not torch.is_grad_enabled()
         if ad.pre_attn is not None:
             x = x + ad.pre_attn(x, num_slices)
