@@ -12,6 +12,7 @@ training step.
 
     python benchmarks/attention.py                          # ViT-B at 512 and 1024 (~3 min, 2 CPU cores)
     python benchmarks/attention.py --sizes 512 --repeats 5
+    python benchmarks/attention.py --sizes 1024 --no-memory --bias-chunk-elements 33554432
     python benchmarks/attention.py --device cuda --dtype bf16 --sizes 1024 2048 --repeats 10
 """
 
@@ -30,6 +31,7 @@ from common import (
 )
 from torch.profiler import ProfilerActivity, profile
 
+import masksam.backbones.attention as attention_module
 from masksam.backbones import SamViTEncoder3D, build_sam, sam_attention
 
 VARIANTS = ("segment_anything", "ours")
@@ -50,6 +52,7 @@ def build(backbone: str, size: int, device: torch.device, dtype: torch.dtype, ba
 
 
 def measure_child(spec: dict[str, Any]) -> dict[str, Any]:
+    attention_module.BIAS_CHUNK_ELEMENTS = spec["bias_chunk_elements"]
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
     _, calls = build(spec["backbone"], spec["size"], device, dtype, spec["batch"])
     with torch.inference_mode():
@@ -106,10 +109,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3; 2 from 1024 up)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 1; 0 from 1024 up)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument(
+        "--bias-chunk-elements",
+        type=int,
+        default=None,
+        help=f"largest relative-position bias built at once (default {attention_module.BIAS_CHUNK_ELEMENTS})",
+    )
     started = begin_benchmark(parser, measure_child)
     if started is None:
         return
     args, device, dtype, info = started
+    if args.bias_chunk_elements is not None:
+        attention_module.BIAS_CHUNK_ELEMENTS = args.bias_chunk_elements
     print(f"# {args.backbone} image encoder, batch {args.batch}, {device} {str(dtype).removeprefix('torch.')}")
     rows = []
     kernels = None
@@ -136,6 +147,7 @@ def main() -> None:
         }
         if not args.no_memory:
             spec = {"backbone": args.backbone, "size": size, "batch": args.batch, "device": str(device)}
+            spec["bias_chunk_elements"] = attention_module.BIAS_CHUNK_ELEMENTS
             spec["dtype"] = str(dtype).removeprefix("torch.")
             mem = {
                 v: run_child(__file__, {**spec, "variant": v}, [f"--threads={torch.get_num_threads()}"])
@@ -169,6 +181,7 @@ def main() -> None:
             "batch": args.batch,
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
+            "bias_chunk_elements": attention_module.BIAS_CHUNK_ELEMENTS,
             "kernels": kernels,
             "rows": rows,
             "machine": info,

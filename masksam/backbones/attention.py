@@ -36,8 +36,9 @@ from segment_anything.modeling.transformer import Attention as DecoderAttention
 __all__ = ["BIAS_CHUNK_ELEMENTS", "decomposed_rel_pos_bias", "sam_attention", "sam_decoder_attention"]
 
 #: Largest additive bias (in elements) built at once by :func:`sam_attention` (16 MiB in float32: at
-#: 1024 px a ViT-B global block then runs 1024 query rows of one head per call, the fastest measured
-#: on 2 CPU cores: the encoder 6 % faster than with 2**25, 2**21 and 2**23 within 3 %).
+#: 1024 px a ViT-B global block then runs 1024 query rows of one head per call). On 2 CPU cores the
+#: ViT-B encoder at 1024 px took 3.83 and 4.10 s with it, 4.03 and 4.27 s with 2**25 (two runs each of
+#: ``benchmarks/attention.py --sizes 1024 --no-memory --bias-chunk-elements N``).
 BIAS_CHUNK_ELEMENTS = 1 << 22
 
 
