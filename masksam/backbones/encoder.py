@@ -28,6 +28,16 @@ from masksam.backbones.checkpointing import maybe_checkpoint
 __all__ = ["AdaptedBlock", "SamViTEncoder3D", "TinyViTEncoder3D"]
 
 
+def _residual(x: torch.Tensor, branch: torch.Tensor, reuse: bool) -> torch.Tensor:
+    """``x + branch``, written into ``branch`` when allowed and the sum keeps its dtype and shape.
+
+    Under autocast the branch may be bf16/fp16 while the residual stream stays float32: then a new tensor.
+    """
+    if reuse and branch.shape == x.shape and torch.result_type(x, branch) == branch.dtype:
+        return branch.add_(x)
+    return x + branch
+
+
 class AdaptedBlock(nn.Module):
     """A frozen ``segment_anything`` ViT block with adapters around it.
 
@@ -73,12 +83,12 @@ class AdaptedBlock(nn.Module):
             a = a + ad.post_attn(a, num_slices)
         if ad.depth_attn is not None:
             a = a + ad.depth_attn(normed, partial(sam_attention, self.block.attn), num_slices)
-        x = a.add_(x) if reuse else x + a
+        x = _residual(x, a, reuse)
         if ad.pre_mlp is not None:
             x = x + ad.pre_mlp(x, num_slices)
         normed = self.block.norm2(x)
         m = self._mlp(normed, reuse)
-        x = m.add_(x) if reuse else x + m
+        x = _residual(x, m, reuse)
         if ad.parallel_mlp is not None:
             x = x + ad.parallel_mlp_scale * ad.parallel_mlp(normed, num_slices)
         return x

@@ -147,3 +147,18 @@ def test_adapted_block_without_autograd_equals_with_and_keeps_its_input(window_s
             out = adapted(x, num_slices=2)
         torch.testing.assert_close(out, expected.detach(), rtol=1e-5, atol=1e-5)
         assert torch.equal(x, kept)
+
+
+def test_adapted_block_without_autograd_keeps_a_float32_residual_stream_under_autocast() -> None:
+    """The bf16 branch outputs are not reused for the sum: the stream stays float32, as in grad mode."""
+    block = Block(dim=32, num_heads=4, use_rel_pos=True, window_size=0, input_size=(6, 6))
+    _randomise(block)
+    adapted = AdaptedBlock(block.requires_grad_(False)).eval()  # frozen: both modes take the same kernels
+    x = torch.randn(2, 6, 6, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.enable_grad():
+            expected = adapted(x, num_slices=2)
+        with torch.no_grad():
+            out = adapted(x, num_slices=2)
+    assert expected.dtype == out.dtype == torch.float32
+    torch.testing.assert_close(out, expected.detach())
