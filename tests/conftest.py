@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from masksam.data.cache import default_cache_dir
 
-_REPO_ENTRIES = pytest.StashKey[set[str]]()
+_CHECKOUT_STATE = pytest.StashKey[set[str]]()
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,18 +22,34 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+def _checkout_state() -> set[str]:
+    """The root's entries (empty folders too) and, in a git checkout, ``git status`` with ignored paths."""
+    state = {f"root: {name}" for name in os.listdir(REPO)}
+    try:
+        proc = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+        if proc.returncode == 0:
+            state.update(proc.stdout.splitlines())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {entry for entry in state if "__pycache__" not in entry and ".pytest_cache" not in entry}
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[_REPO_ENTRIES] = set(os.listdir(REPO))
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        session.config.stash[_CHECKOUT_STATE] = _checkout_state()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Tests write under tmp_path, never into the checkout (a bundle run with ``bundle_root: .`` once did)."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return  # the controller checks once, after all workers
-    new = set(os.listdir(REPO)) - session.config.stash[_REPO_ENTRIES] - {".pytest_cache"}
+    new = _checkout_state() - session.config.stash[_CHECKOUT_STATE]
     if new:
         session.config.get_terminal_writer().line(
-            f"tests created {sorted(new)} in the repository root {REPO}: they must write under tmp_path", red=True
+            f"tests changed the checkout {REPO} (git status): {sorted(new)}; they must write under tmp_path",
+            red=True,
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from functools import partial
 
 import torch
+from segment_anything.modeling.common import MLPBlock
 from segment_anything.modeling.image_encoder import Block, ImageEncoderViT, window_partition, window_unpartition
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from masksam.adapters.base import check_num_slices
 from masksam.adapters.block import BlockAdapters
@@ -62,19 +64,26 @@ class AdaptedBlock(nn.Module):
 
     def _mlp(self, x: torch.Tensor, reuse: bool) -> torch.Tensor:
         mlp = self.block.mlp
-        if reuse and type(mlp.act) is nn.GELU:  # GELU in place on the (B*D, h, w, 4C) hidden activations
+        if reuse and type(mlp) is MLPBlock and type(mlp.act) is nn.GELU:  # GELU in place on the 4C activations
             hidden = mlp.lin1(x)
             torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
             return mlp.lin2(hidden)
         return mlp(x)
 
+    def _may_reuse_outputs(self) -> bool:
+        """True without autograd and without forward hooks that could keep the outputs written into."""
+        if torch.is_grad_enabled() or _global_forward_hooks or _global_forward_pre_hooks:
+            return False
+        modules = [self.block.attn.proj, *self.block.mlp.modules()]
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
     def forward(self, x: torch.Tensor, num_slices: int) -> torch.Tensor:
         """``x (B*D, h, w, C)`` channels-last -> same shape (``x`` itself is never modified)."""
         ad = self.adapters
-        # Without autograd the residual sums go into the branch outputs, which this block has just
-        # allocated, and GELU works in place: three fewer large tensors per block (on CPU each new one
-        # costs page faults; docs/performance.md, "The memory allocator").
-        reuse = not torch.is_grad_enabled()
+        # Without autograd (and hooks) the residual sums go into the branch outputs, which this block has
+        # just allocated, and GELU works in place: three fewer large tensors per block (on CPU each new
+        # one costs page faults; docs/performance.md, "The memory allocator").
+        reuse = self._may_reuse_outputs()
         if ad.pre_attn is not None:
             x = x + ad.pre_attn(x, num_slices)
         normed = self.block.norm1(x)

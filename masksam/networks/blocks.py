@@ -20,6 +20,9 @@ class PatchConvTranspose3d(nn.ConvTranspose3d):
     docs/performance.md for the prompt generator's time before and after). Parameters, their names and
     shapes are those of ``nn.ConvTranspose3d``, so checkpoints are interchangeable.
 
+    Calls this form does not cover (``output_size``, unbatched inputs, padding or groups set afterwards)
+    run ``nn.ConvTranspose3d``'s own forward.
+
     Args:
         in_channels, out_channels: channels.
         kernel_size: the patch ``(kd, kh, kw)`` (also the stride).
@@ -31,11 +34,19 @@ class PatchConvTranspose3d(nn.ConvTranspose3d):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=kernel_size, bias=bias)
 
+    def _is_patchwise(self) -> bool:
+        return (
+            tuple(self.stride) == tuple(self.kernel_size)
+            and tuple(self.padding) == (0, 0, 0)
+            and tuple(self.output_padding) == (0, 0, 0)
+            and tuple(self.dilation) == (1, 1, 1)
+            and self.groups == 1
+        )
+
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if output_size is not None:
-            raise ValueError("PatchConvTranspose3d has one output size per input size; output_size is not accepted")
-        if x.ndim != 5:
-            raise ValueError(f"expected a (B, C, D, H, W) input, got shape {tuple(x.shape)}")
+        """As ``nn.ConvTranspose3d``; batched inputs of a patch-wise layer take the 1x1x1 form."""
+        if output_size is not None or x.ndim != 5 or not self._is_patchwise():
+            return super().forward(x, output_size)
         cin, cout, kd, kh, kw = self.weight.shape
         taps = kd * kh * kw
         # (in, out, kd, kh, kw) -> (out*kd*kh*kw, in, 1, 1, 1): output channel o*taps + tap.
@@ -44,4 +55,7 @@ class PatchConvTranspose3d(nn.ConvTranspose3d):
         y = F.conv3d(x, weight, bias)
         b, _, d, h, w = y.shape
         y = y.view(b, cout, kd, kh, kw, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-        return y.reshape(b, cout, d * kd, h * kh, w * kw)
+        y = y.reshape(b, cout, d * kd, h * kh, w * kw)
+        if x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+            y = y.contiguous(memory_format=torch.channels_last_3d)  # keep a channels-last input's layout
+        return y

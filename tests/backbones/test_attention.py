@@ -162,3 +162,22 @@ def test_adapted_block_without_autograd_keeps_a_float32_residual_stream_under_au
             out = adapted(x, num_slices=2)
     assert expected.dtype == out.dtype == torch.float32
     torch.testing.assert_close(out, expected.detach())
+
+
+def test_adapted_block_without_autograd_leaves_hooked_outputs_alone() -> None:
+    """A forward hook that keeps the projection or MLP outputs sees them as they were returned."""
+    block = Block(dim=32, num_heads=4, use_rel_pos=True, window_size=0, input_size=(6, 6))
+    _randomise(block)
+    adapted = AdaptedBlock(block).eval()
+    kept: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name in ("attn.proj", "mlp.lin1", "mlp.lin2"):
+        block.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: kept.__setitem__(name, (out, out.clone()))
+        )
+    fired: list[str] = []
+    block.mlp.act.register_forward_hook(lambda *_: fired.append("act"))
+    with torch.no_grad():
+        adapted(torch.randn(2, 6, 6, 32), num_slices=2)
+    for name, (out, copy) in kept.items():
+        assert torch.equal(out, copy), f"{name}'s output was written into"
+    assert fired == ["act"], "the MLP runs through its modules when they are hooked"

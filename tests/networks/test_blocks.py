@@ -28,9 +28,21 @@ def test_equals_conv_transpose_forward_and_backward(kernel: tuple[int, int, int]
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-4)
 
 
-def test_rejects_output_size_and_non_volumes() -> None:
-    up = PatchConvTranspose3d(2, 2, (1, 2, 2))
-    with pytest.raises(ValueError, match="output_size"):
-        up(torch.randn(1, 2, 1, 2, 2), output_size=[1, 4, 4])
-    with pytest.raises(ValueError, match=r"\(B, C, D, H, W\)"):
-        up(torch.randn(2, 1, 2, 2))
+def test_other_calls_take_conv_transpose3d_itself() -> None:
+    """output_size, an unbatched input, or attributes changed after construction: nn.ConvTranspose3d's path."""
+    torch.manual_seed(0)
+    ref = nn.ConvTranspose3d(2, 3, (1, 2, 2), stride=(1, 2, 2))
+    up = PatchConvTranspose3d(2, 3, (1, 2, 2))
+    up.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 2, 2, 3, 3)
+    torch.testing.assert_close(up(x, output_size=[2, 6, 6]), ref(x, output_size=[2, 6, 6]))
+    torch.testing.assert_close(up(x[0]), ref(x[0]))
+    up.padding = ref.padding = (0, 1, 1)
+    torch.testing.assert_close(up(x), ref(x))
+    assert up(x).shape == (1, 3, 2, 4, 4)
+
+
+def test_keeps_a_channels_last_input_layout() -> None:
+    up = PatchConvTranspose3d(4, 2, (1, 2, 2))
+    x = torch.randn(1, 4, 2, 3, 3).contiguous(memory_format=torch.channels_last_3d)
+    assert up(x).is_contiguous(memory_format=torch.channels_last_3d)
