@@ -106,23 +106,17 @@ def _chunked_biased_sdpa(
     per_head = length * keys
     if b * heads * per_head <= BIAS_CHUNK_ELEMENTS:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_bias(rel_h, rel_w), scale=scale)
-    if heads * per_head <= BIAS_CHUNK_ELEMENTS:  # several images at once
-        step = _balanced(b, BIAS_CHUNK_ELEMENTS // (heads * per_head))
-        chunks = [(slice(i, i + step), slice(None), slice(None)) for i in range(0, b, step)]
-        size = step * heads * per_head
-    elif per_head <= BIAS_CHUNK_ELEMENTS:  # several heads of one image
-        step = _balanced(heads, BIAS_CHUNK_ELEMENTS // per_head)
-        chunks = [(slice(i, i + 1), slice(h, h + step), slice(None)) for i in range(b) for h in range(0, heads, step)]
-        size = step * per_head
-    else:  # query rows of one head
-        rows = _balanced(length, BIAS_CHUNK_ELEMENTS // keys)
-        chunks = [
-            (slice(i, i + 1), slice(h, h + 1), slice(r, r + rows))
-            for i in range(b)
-            for h in range(heads)
-            for r in range(0, length, rows)
-        ]
-        size = rows * keys
+    # Whole images per chunk if one image fits, else groups of heads if one head fits, else query rows.
+    step_b = _balanced(b, BIAS_CHUNK_ELEMENTS // (heads * per_head))
+    step_h = heads if heads * per_head <= BIAS_CHUNK_ELEMENTS else _balanced(heads, BIAS_CHUNK_ELEMENTS // per_head)
+    rows = length if per_head <= BIAS_CHUNK_ELEMENTS else _balanced(length, BIAS_CHUNK_ELEMENTS // keys)
+    chunks = [
+        (slice(i, i + step_b), slice(h, h + step_h), slice(r, r + rows))
+        for i in range(0, b, step_b)
+        for h in range(0, heads, step_h)
+        for r in range(0, length, rows)
+    ]
+    size = step_b * step_h * rows * keys
     # Laid out (B, L, heads, dim): the caller's merge of the heads is then a view, not a copy.
     out = q.new_empty((b, length, heads, v.shape[-1])).transpose(1, 2)
     buffer = q.new_empty(size)
