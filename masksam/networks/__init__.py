@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from masksam.networks.blocks import PatchConvTranspose3d
+from masksam.networks.blocks import ChannelsLastInstanceNorm3d, PatchConvTranspose3d, is_channels_last_3d
 from masksam.networks.mask_decoder import ClassHead, DecoderLayerAdapters, MaskClassificationDecoder, MaskHead3D
 from masksam.networks.masksam import MASKSAM_OUTPUT_KEYS, MaskSAM, Stem3D, build_masksam
 from masksam.networks.prompt_generator import ConvBlock3D, PromptGenerator3D, learned_box
 
 __all__ = [
+    "ChannelsLastInstanceNorm3d",
     "ClassHead",
     "DecoderLayerAdapters",
     "MaskClassificationDecoder",
@@ -16,6 +17,7 @@ __all__ = [
     "MASKSAM_OUTPUT_KEYS",
     "MaskSAM",
     "PatchConvTranspose3d",
+    "is_channels_last_3d",
     "Stem3D",
     "build_masksam",
     "ConvBlock3D",

@@ -15,7 +15,7 @@ from torch import nn
 from masksam.adapters import DepthConvAdapter3D, DepthMLPAdapter3D
 from masksam.backbones.attention import sam_decoder_attention
 from masksam.backbones.checkpointing import maybe_checkpoint
-from masksam.networks.blocks import PatchConvTranspose3d
+from masksam.networks.blocks import ChannelsLastInstanceNorm3d, PatchConvTranspose3d
 
 __all__ = ["DecoderLayerAdapters", "ClassHead", "MaskClassificationDecoder", "MaskHead3D"]
 
@@ -186,11 +186,13 @@ class MaskHead3D(nn.Module):
         for _ in range(num_up):
             layers += [
                 PatchConvTranspose3d(hidden, hidden, (1, 2, 2)),
-                nn.InstanceNorm3d(hidden, affine=True),
+                ChannelsLastInstanceNorm3d(hidden, affine=True),
                 nn.GELU(),
             ]
         layers.append(nn.Conv3d(hidden, num_queries, 3, padding=1))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        """``(B, Q, D, h, w)`` -> channels-last ``(B, Q, D, h*2^n, w*2^n)`` (CPU convolutions are faster so)."""
+        masks = masks.contiguous(memory_format=torch.channels_last_3d)
         return maybe_checkpoint(self.gradient_checkpointing, self.layers, masks)

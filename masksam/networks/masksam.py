@@ -42,6 +42,11 @@ logger = logging.getLogger(__name__)
 #: Keys of the dict returned by :meth:`MaskSAM.forward` (per-slice tensors, ``N = B * D``, ``n = b * D + d``).
 MASKSAM_OUTPUT_KEYS = ("pred_logits", "pred_masks", "aux_masks", "aux_boxes")
 
+#: Default of :attr:`MaskSAM.decode_chunk_elements`: 16 MiB of float32 image tokens per decoder chunk
+#: (one query of a 9x512x512 patch). On CPU, tensors above glibc's 32 MiB mmap ceiling are mapped afresh
+#: at every allocation; docs/performance.md has the time before and after.
+DECODE_CHUNK_ELEMENTS = 1 << 22
+
 
 class Stem3D(nn.Module):
     """Learned 3D stem: ``(B, C_in, H, W, D)`` -> ``(B, 3, H, W, D)`` "RGB" volume for SAM's encoder.
@@ -81,6 +86,9 @@ class MaskSAM(nn.Module):
         mask_head: :class:`MaskHead3D` bringing decoder masks to full resolution.
         num_slices: D, fixed by the slice-axis adapters; stored with the model.
         image_size: in-plane size S of the inputs.
+        decode_chunk_elements: without autograd, the prompt encoder and decoder run on chunks of queries
+            whose image tokens have at most this many elements (at least one query); None decodes all
+            ``B*Q*D`` problems at once (see :meth:`_decode_chunks`). The outputs do not depend on it.
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class MaskSAM(nn.Module):
         mask_head: MaskHead3D,
         num_slices: int,
         image_size: int,
+        decode_chunk_elements: int | None = DECODE_CHUNK_ELEMENTS,
     ) -> None:
         super().__init__()
         self.stem = stem
@@ -107,6 +116,7 @@ class MaskSAM(nn.Module):
         self.image_size = image_size
         self.num_queries = prompt_generator.num_queries
         self.num_classes = decoder.class_head.linear.out_features - 1
+        self.decode_chunk_elements = decode_chunk_elements
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Switch activation checkpointing of the encoder blocks, generator stages, decoder layers and 3D head."""
@@ -131,6 +141,19 @@ class MaskSAM(nn.Module):
                 f"(H x W x slices), got {h}x{w}x{d}; use a sliding-window inferer with this roi_size"
             )
 
+    def _decode_chunks(self, b: int, q: int, per_query: int) -> list[tuple[slice, slice]]:
+        """``(batch, query)`` ranges decoded together: all at once under autograd, else chunks of queries.
+
+        Without autograd nothing is kept between chunks, so the decoder's temporaries (each ``per_query``
+        elements per query) stay under :attr:`decode_chunk_elements`; on CPU, tensors that small are
+        reused by the allocator instead of being mapped (and zero-filled by the kernel) afresh.
+        """
+        limit = self.decode_chunk_elements
+        if torch.is_grad_enabled() or limit is None or b * q * per_query <= limit:
+            return [(slice(0, b), slice(0, q))]
+        step = max(1, limit // per_query)
+        return [(slice(i, i + 1), slice(j, min(j + step, q))) for i in range(b) for j in range(0, q, step)]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Segment ``B`` patches.
 
@@ -152,18 +175,27 @@ class MaskSAM(nn.Module):
 
         embedding = feats[-1]  # (B*D, C, h, w)
         c, h, w = embedding.shape[1:]
-        n = b * q * d  # decoder problems, ordered (b, q, d)
         with torch.no_grad():
-            binary = aux_masks.flatten(0, 2) > 0
+            binary = (aux_masks > 0).flatten(0, 2)  # (B*Q*D, S, S), problems ordered (b, q, d)
             tight = masks_to_boxes_normalized(binary)
             has_mask = binary.flatten(1).any(dim=1, keepdim=True)
             mask_prompt = F.interpolate(binary[:, None].float(), size=(4 * h, 4 * w), mode="nearest")
-        learned = aux_boxes.reshape(n, 4)
+        learned = aux_boxes.reshape(-1, 4)
         boxes = torch.where(has_mask, 0.5 * (learned + tight), learned) * s
-        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=mask_prompt)
-        image = embedding.reshape(b, 1, d, c, h, w) + dense.reshape(b, q, d, c, h, w)
         image_pe = self.prompt_encoder.get_dense_pe() + self.slice_pe.embedding  # (D, C, h, w)
-        logits, masks = self.decoder(image.reshape(n, c, h, w), image_pe, sparse, gen["aux_tokens"].reshape(n, c))
+        problem = (b, q, d)
+        boxes, mask_prompt = boxes.reshape(*problem, 4), mask_prompt.reshape(*problem, 4 * h, 4 * w)
+        tokens, embedding = gen["aux_tokens"].reshape(*problem, c), embedding.reshape(b, 1, d, c, h, w)
+        logits, masks = [], []
+        for bs, qs in self._decode_chunks(b, q, d * c * h * w):
+            sparse, dense = self.prompt_encoder(
+                points=None, boxes=boxes[bs, qs].reshape(-1, 4), masks=mask_prompt[bs, qs].reshape(-1, 1, 4 * h, 4 * w)
+            )
+            image = embedding[bs] + dense.reshape(bs.stop - bs.start, qs.stop - qs.start, d, c, h, w)
+            chunk = self.decoder(image.reshape(-1, c, h, w), image_pe, sparse, tokens[bs, qs].reshape(-1, c))
+            logits.append(chunk[0])
+            masks.append(chunk[1])
+        logits, masks = torch.cat(logits), torch.cat(masks)
         masks = self.mask_head(masks.reshape(b, q, d, 4 * h, 4 * w))  # (B, Q, D, S, S)
 
         def per_slice(t: torch.Tensor) -> torch.Tensor:  # (B, Q, D, ...) -> (B*D, Q, ...)

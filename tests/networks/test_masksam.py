@@ -56,6 +56,29 @@ def test_slices_are_ordered_batch_major() -> None:
     assert not torch.allclose(a[4:], b[4:])
 
 
+def test_chunked_decoding_equals_decoding_all_problems_at_once() -> None:
+    """Without autograd the prompt encoder and decoder run query chunk by query chunk: same outputs."""
+    torch.manual_seed(0)
+    model = tiny_masksam(num_queries=5).eval()
+    x = torch.randn(2, 1, 32, 32, 4)
+    per_query = 4 * model.decoder.decoder.transformer_dim * 2 * 2  # D slices x C x (32/16)^2 tokens
+    outputs, chunks = [], []
+    with torch.no_grad():
+        for limit in (per_query, 2 * per_query, None):  # one query per chunk, two (the last alone), all
+            model.decode_chunk_elements = limit
+            chunks.append(model._decode_chunks(2, 5, per_query))
+            outputs.append(model(x))
+    assert chunks[0] == [(slice(b, b + 1), slice(q, q + 1)) for b in range(2) for q in range(5)]
+    assert chunks[1][:3] == [(slice(0, 1), slice(0, 2)), (slice(0, 1), slice(2, 4)), (slice(0, 1), slice(4, 5))]
+    assert chunks[2] == [(slice(0, 2), slice(0, 5))]
+    assert model._decode_chunks(2, 5, per_query) == chunks[2]  # under autograd: all at once
+    model.decode_chunk_elements = per_query
+    assert model._decode_chunks(2, 5, per_query) == chunks[2]
+    for key in MASKSAM_OUTPUT_KEYS:
+        for chunked in outputs[:2]:
+            torch.testing.assert_close(chunked[key], outputs[2][key], rtol=1e-5, atol=1e-5)
+
+
 def test_multichannel_input() -> None:
     model = tiny_masksam(in_channels=2)
     assert model(torch.randn(1, 2, 32, 32, 4))["pred_logits"].shape == (4, 3, 3)
