@@ -1,5 +1,11 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
-"""Activation checkpointing as a switch: one call site for every module with ``gradient_checkpointing``."""
+"""Memory switches shared by the networks.
+
+- :func:`maybe_checkpoint`: activation checkpointing as a switch, one call site for every module with
+  ``gradient_checkpointing``;
+- :func:`may_reuse_outputs`: whether a module may write into tensors it has just produced (in-place
+  residual sums, activations, norms) instead of allocating new ones.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
+from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["maybe_checkpoint"]
+__all__ = ["maybe_checkpoint", "may_reuse_outputs"]
 
 T = TypeVar("T")
 
@@ -19,3 +27,15 @@ def maybe_checkpoint(enabled: bool, fn: Callable[..., T], *args: Any) -> T:
     if enabled and torch.is_grad_enabled():
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
+
+
+def may_reuse_outputs(*modules: nn.Module) -> bool:
+    """True without autograd and without forward hooks (global or on ``modules``) that could keep an output.
+
+    Then a tensor that one of ``modules`` has just returned is seen by nobody else, and its caller may
+    overwrite it; on CPU each new large tensor costs page faults (docs/performance.md, "The memory
+    allocator").
+    """
+    if torch.is_grad_enabled() or _global_forward_hooks or _global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)

@@ -20,12 +20,11 @@ import torch
 from segment_anything.modeling.common import MLPBlock
 from segment_anything.modeling.image_encoder import Block, ImageEncoderViT, window_partition, window_unpartition
 from torch import nn
-from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from masksam.adapters.base import check_num_slices
 from masksam.adapters.block import BlockAdapters
 from masksam.backbones.attention import sam_attention
-from masksam.backbones.checkpointing import maybe_checkpoint
+from masksam.backbones.checkpointing import may_reuse_outputs, maybe_checkpoint
 
 __all__ = ["AdaptedBlock", "SamViTEncoder3D", "TinyViTEncoder3D"]
 
@@ -70,20 +69,13 @@ class AdaptedBlock(nn.Module):
             return mlp.lin2(hidden)
         return mlp(x)
 
-    def _may_reuse_outputs(self) -> bool:
-        """True without autograd and without forward hooks that could keep the outputs written into."""
-        if torch.is_grad_enabled() or _global_forward_hooks or _global_forward_pre_hooks:
-            return False
-        modules = [self.block.attn.proj, *self.block.mlp.modules()]
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-
     def forward(self, x: torch.Tensor, num_slices: int) -> torch.Tensor:
         """``x (B*D, h, w, C)`` channels-last -> same shape (``x`` itself is never modified)."""
         ad = self.adapters
         # Without autograd (and hooks) the residual sums go into the branch outputs, which this block has
         # just allocated, and GELU works in place: three fewer large tensors per block (on CPU each new
         # one costs page faults; docs/performance.md, "The memory allocator").
-        reuse = self._may_reuse_outputs()
+        reuse = may_reuse_outputs(self.block.attn.proj, *self.block.mlp.modules())
         if ad.pre_attn is not None:
             x = x + ad.pre_attn(x, num_slices)
         normed = self.block.norm1(x)

@@ -15,6 +15,11 @@ def is_channels_last_3d(x: torch.Tensor) -> bool:
     return x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
 
 
+#: Largest matrix-product block (in elements) of :class:`PatchConvTranspose3d` on channels-last inputs
+#: without autograd: 16 MiB in float32, below glibc's 32 MiB mmap ceiling (docs/performance.md).
+PATCH_CHUNK_ELEMENTS = 1 << 22
+
+
 class PatchConvTranspose3d(nn.ConvTranspose3d):
     """A transposed 3D convolution whose stride equals its kernel (non-overlapping patches: ``(1, 2, 2)``
     in-plane up-sampling), computed as a 1x1x1 convolution to ``out * kd * kh * kw`` channels followed by
@@ -71,18 +76,29 @@ class PatchConvTranspose3d(nn.ConvTranspose3d):
     def _channels_last(self, x: torch.Tensor) -> torch.Tensor:
         cin, cout, kd, kh, kw = self.weight.shape
         b, _, d, h, w = x.shape
-        voxels = x.permute(0, 2, 3, 4, 1).reshape(-1, cin)  # a view: channels are innermost
-        # (N, in) @ (in, kd*kh*kw*out): row n holds the taps of voxel n, each tap's out channels together.
-        y = voxels @ self.weight.permute(0, 2, 3, 4, 1).reshape(cin, -1)
-        y = y.view(b, d, h, w, kd, kh, kw, cout).permute(0, 1, 4, 2, 5, 3, 6, 7)
-        bias = self.bias.to(y.dtype) if self.bias is not None else None
-        if bias is not None and not torch.is_grad_enabled():
-            out = torch.add(y, bias, out=y.new_empty(y.shape))  # placement and bias in one pass
-        else:
-            out = y.contiguous()  # a copy into this order
+        # (in, kd*kh*kw*out): a voxel's row of the product holds its taps, each tap's out channels together.
+        weight = self.weight.permute(0, 2, 3, 4, 1).reshape(cin, -1)
+        bias = self.bias
+        planes = x.permute(0, 2, 3, 4, 1).reshape(b * d, h, w, cin)  # a view: channels are innermost
+        if torch.is_grad_enabled():
+            y = planes.reshape(-1, cin) @ weight
+            placed = y.view(b * d, h, w, kd, kh, kw, cout).permute(0, 3, 1, 4, 2, 5, 6).contiguous()
             if bias is not None:
-                out = out.add_(bias)
-        return out.view(b, d * kd, h * kh, w * kw, cout).permute(0, 4, 1, 2, 3)
+                placed = placed.add_(bias.to(placed.dtype))
+        else:
+            # Row blocks of each plane: the product's temporaries stay small (reused by the allocator),
+            # and each block is placed, with the bias, straight into the output.
+            rows = max(1, PATCH_CHUNK_ELEMENTS // (w * weight.shape[1]))
+            placed = None
+            for p in range(b * d):
+                for r in range(0, h, rows):
+                    y = planes[p, r : r + rows].reshape(-1, cin) @ weight
+                    y = y.view(-1, w, kd, kh, kw, cout).permute(2, 0, 3, 1, 4, 5)  # (kd, rows, kh, w, kw, out)
+                    if placed is None:
+                        placed = x.new_empty((b * d, kd, h, kh, w, kw, cout), dtype=y.dtype)
+                    target = placed[p, :, r : r + rows]
+                    torch.add(y, bias.to(y.dtype), out=target) if bias is not None else target.copy_(y)
+        return placed.view(b, d * kd, h * kh, w * kw, cout).permute(0, 4, 1, 2, 3)
 
 
 #: Voxels per chunk of the variance sums of :class:`ChannelsLastInstanceNorm3d` without autograd.
@@ -101,17 +117,28 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
     Parameters and buffers are those of ``nn.InstanceNorm3d``.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
+    def _native(self, x: torch.Tensor) -> bool:
+        return (
             not is_channels_last_3d(x)
             or self.track_running_stats
             or x.shape[1] != self.num_features
             or x.dtype not in (torch.float32, torch.float64)  # half types: the native kernel's float sums
-        ):
-            return super().forward(x)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if self._native(x) else self._normalize(x, inplace=False)
+
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        """Without autograd, normalise a channels-last ``x`` in place (for callers that own it); else ``self(x)``."""
+        if torch.is_grad_enabled() or self._native(x):
+            return self(x)
+        return self._normalize(x, inplace=True)
+
+    def _normalize(self, x: torch.Tensor, inplace: bool) -> torch.Tensor:
         b, c = x.shape[:2]
         voxels = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c)  # a view
-        centred = voxels - voxels.mean(dim=1, keepdim=True)
+        mean = voxels.mean(dim=1, keepdim=True)
+        centred = voxels.sub_(mean) if inplace else voxels - mean
         if torch.is_grad_enabled():
             var = centred.square().mean(dim=1, keepdim=True)
         else:  # without a full-size temporary: on CPU each new large tensor costs page faults
@@ -123,7 +150,7 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
         if torch.is_grad_enabled():  # the square's backward needs ``centred`` as it is
             out = centred * scale
             out = out + self.bias if self.affine else out
-        else:  # in place on this function's own temporary
+        else:  # in place on this function's own temporary (or on ``x``)
             out = centred.mul_(scale)
             out = out.add_(self.bias) if self.affine else out
         return out.view(b, *x.shape[2:], c).permute(0, 4, 1, 2, 3)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from masksam.backbones.checkpointing import maybe_checkpoint
+from masksam.backbones.checkpointing import may_reuse_outputs, maybe_checkpoint
 from masksam.networks.blocks import ChannelsLastInstanceNorm3d, PatchConvTranspose3d, is_channels_last_3d
 
 __all__ = ["PromptGenerator3D", "ConvBlock3D", "learned_box"]
@@ -37,6 +37,14 @@ class ConvBlock3D(nn.Sequential):
         )
         block.adn.N = ChannelsLastInstanceNorm3d(out_channels)  # MONAI's default instance norm, same arguments
         super().__init__(block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        block = self[0]
+        adn = block.adn
+        if not may_reuse_outputs(block, block.conv, adn, adn.N, adn.A):
+            return super().forward(x)
+        # Nobody else sees the convolution's output: normalise it in place (the activation is in place too).
+        return adn.A(adn.N.forward_inplace(block.conv(x)))
 
 
 def _up(in_channels: int, out_channels: int) -> PatchConvTranspose3d:

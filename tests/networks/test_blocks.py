@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from masksam.networks import ChannelsLastInstanceNorm3d, PatchConvTranspose3d, is_channels_last_3d
+from masksam.networks import ChannelsLastInstanceNorm3d, ConvBlock3D, PatchConvTranspose3d, blocks, is_channels_last_3d
 
 CL = torch.channels_last_3d
 
@@ -100,3 +100,38 @@ def test_channels_last_instance_norm_falls_back_to_the_native_kernel() -> None:
     tracked = ChannelsLastInstanceNorm3d(3, track_running_stats=True)
     tracked(x.contiguous(memory_format=CL))
     assert tracked.running_mean.abs().sum() > 0  # the native kernel updated the running statistics
+
+
+def test_chunked_paths_without_autograd_equal_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row blocks of the up-sampling product and voxel chunks of the variance sums: same results."""
+    torch.manual_seed(0)
+    up = PatchConvTranspose3d(3, 2, (2, 2, 2))
+    norm = ChannelsLastInstanceNorm3d(2, affine=True)
+    nn.init.normal_(norm.weight)
+    x = torch.randn(2, 3, 2, 5, 4).contiguous(memory_format=CL)
+    whole = norm(up(x)).detach()  # under autograd: no chunks
+    monkeypatch.setattr(blocks, "PATCH_CHUNK_ELEMENTS", 1)  # one row of a plane per block
+    monkeypatch.setattr(blocks, "_VAR_CHUNK_VOXELS", 7)
+    with torch.no_grad():
+        y = up(x)
+        torch.testing.assert_close(norm(y), whole)
+        out = norm.forward_inplace(y)
+    assert out.data_ptr() == y.data_ptr()  # normalised in place
+    torch.testing.assert_close(out, whole)
+
+
+def test_conv_block_normalises_in_place_only_when_nobody_else_sees_the_convolution() -> None:
+    torch.manual_seed(0)
+    block = ConvBlock3D(3, 4)
+    x = torch.randn(1, 3, 2, 6, 6).contiguous(memory_format=CL)
+    ref = block(x).detach()
+    seen = []
+    handle = block[0].conv.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        hooked = block(x)
+    handle.remove()
+    assert not torch.equal(seen[0], hooked)  # the hook's tensor kept the convolution's values
+    with torch.no_grad():
+        fast = block(x)
+    torch.testing.assert_close(fast, ref)
+    torch.testing.assert_close(hooked, ref)
