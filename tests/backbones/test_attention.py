@@ -10,6 +10,7 @@ from torch.profiler import ProfilerActivity, profile
 import masksam.backbones.attention as attention_module
 from masksam.adapters import masksam_block_adapters, med_sa_block_adapters
 from masksam.backbones import AdaptedBlock, decomposed_rel_pos_bias, sam_attention
+from masksam.backbones import encoder as encoder_module
 from masksam.backbones.attention import sam_decoder_attention
 
 
@@ -132,9 +133,15 @@ def test_adapted_block_without_adapters_equals_vit_b_block(window_size: int) -> 
 
 @pytest.mark.parametrize("window_size", [0, 4])
 @pytest.mark.parametrize("preset", [None, masksam_block_adapters, med_sa_block_adapters])
-def test_adapted_block_without_autograd_equals_with_and_keeps_its_input(window_size: int, preset) -> None:
-    """Without autograd the block sums into its own branch outputs and runs GELU in place: same output,
-    the input untouched (the encoder keeps block outputs as features)."""
+@pytest.mark.parametrize("chunk", [None, 200])
+def test_adapted_block_without_autograd_equals_with_and_keeps_its_input(
+    window_size: int, preset, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without autograd the block sums into its own branch outputs, runs GELU in place, and attention and
+    MLP on chunks (200 elements: one image, one token row at a time): same output, the input untouched
+    (the encoder keeps block outputs as features)."""
+    if chunk is not None:
+        monkeypatch.setattr(encoder_module, "ENCODER_CHUNK_ELEMENTS", chunk)
     block = Block(dim=32, num_heads=4, use_rel_pos=True, window_size=window_size, input_size=(6, 6))
     _randomise(block)
     adapted = AdaptedBlock(block, preset(32, 1)[0] if preset is not None else None).eval()
