@@ -27,7 +27,14 @@ def semantic_scores(pred_logits: torch.Tensor, pred_masks: torch.Tensor) -> torc
             f"{tuple(pred_logits.shape)} and {tuple(pred_masks.shape)}"
         )
     probs = pred_logits.float().softmax(dim=-1)[..., :-1]
-    return torch.einsum("nqk,nqhw->nkhw", probs, pred_masks.float().sigmoid())
+    if torch.is_grad_enabled():
+        return torch.einsum("nqk,nqhw->nkhw", probs, pred_masks.float().sigmoid())
+    # Without autograd one slice at a time: the sigmoid masks never exist for all slices at once.
+    n, _, h, w = pred_masks.shape
+    out = probs.new_empty((n, probs.shape[-1], h, w))
+    for i in range(n):
+        torch.matmul(probs[i].t(), pred_masks[i].float().sigmoid().flatten(1), out=out[i].view(-1, h * w))
+    return out
 
 
 class SemanticWrapper(nn.Module):
@@ -56,5 +63,6 @@ class SemanticWrapper(nn.Module):
         out = self.network(x)
         scores = semantic_scores(out["pred_logits"], out["pred_masks"])  # (B*D, K, H, W)
         if self.normalize:
-            scores = scores / scores.sum(dim=1, keepdim=True).clamp_min(self.eps)
+            total = scores.sum(dim=1, keepdim=True).clamp_min(self.eps)
+            scores = scores / total if torch.is_grad_enabled() else scores.div_(total)
         return scores.reshape(b, d, *scores.shape[1:]).permute(0, 2, 3, 4, 1)

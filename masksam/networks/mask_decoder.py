@@ -14,7 +14,7 @@ from torch import nn
 
 from masksam.adapters import DepthConvAdapter3D, DepthMLPAdapter3D
 from masksam.backbones.attention import sam_decoder_attention
-from masksam.backbones.checkpointing import maybe_checkpoint
+from masksam.backbones.checkpointing import may_reuse_outputs, maybe_checkpoint
 from masksam.networks.blocks import ChannelsLastInstanceNorm3d, PatchConvTranspose3d
 
 __all__ = ["DecoderLayerAdapters", "ClassHead", "MaskClassificationDecoder", "MaskHead3D"]
@@ -195,4 +195,14 @@ class MaskHead3D(nn.Module):
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
         """``(B, Q, D, h, w)`` -> channels-last ``(B, Q, D, h*2^n, w*2^n)`` (CPU convolutions are faster so)."""
         masks = masks.contiguous(memory_format=torch.channels_last_3d)
-        return maybe_checkpoint(self.gradient_checkpointing, self.layers, masks)
+        if not may_reuse_outputs(self, *self.layers):
+            return maybe_checkpoint(self.gradient_checkpointing, self.layers, masks)
+        # Nobody else sees the intermediate tensors: norms and activations in place.
+        for layer in self.layers:
+            if isinstance(layer, ChannelsLastInstanceNorm3d):
+                masks = layer.forward_inplace(masks)
+            elif type(layer) is nn.GELU:
+                masks = torch.ops.aten.gelu_(masks, approximate=layer.approximate)
+            else:
+                masks = layer(masks)
+        return masks

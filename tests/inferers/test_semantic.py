@@ -7,9 +7,14 @@ import torch
 from masksam.inferers import SemanticWrapper, semantic_scores
 
 
-def test_semantic_scores_match_the_definition() -> None:
+@pytest.mark.parametrize("grad", [True, False])  # without autograd: slice by slice into one output
+@pytest.mark.parametrize("channels_last", [False, True])  # MaskSAM's masks come channels-last
+def test_semantic_scores_match_the_definition(grad: bool, channels_last: bool) -> None:
     logits, masks = torch.randn(2, 5, 4), torch.randn(2, 5, 6, 7)
-    scores = semantic_scores(logits, masks)
+    with torch.set_grad_enabled(grad):
+        scores = semantic_scores(
+            logits, masks.contiguous(memory_format=torch.channels_last) if channels_last else masks
+        )
     assert scores.shape == (2, 3, 6, 7)
     expected = torch.zeros(2, 3, 6, 7)
     for n in range(2):
@@ -54,3 +59,5 @@ def test_wrapper_layout_and_normalisation() -> None:
     torch.testing.assert_close(scores[1, 0, :, :, 2], p * x[1, 0, :, :, 2].sigmoid())
     normed = SemanticWrapper(_FakeNet(), normalize=True)(x)
     torch.testing.assert_close(normed.sum(1), torch.ones(2, 5, 6, 3))
+    with torch.no_grad():  # normalised in place
+        torch.testing.assert_close(SemanticWrapper(_FakeNet(), normalize=True)(x), normed)

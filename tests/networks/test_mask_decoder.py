@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 
-from masksam.networks.mask_decoder import MaskClassificationDecoder
+from masksam.networks.mask_decoder import MaskClassificationDecoder, MaskHead3D
 
 
 def _sam_decoder(dim: int = 32) -> MaskDecoder:
@@ -56,3 +56,22 @@ def test_decoder_adapters_mix_slices_of_one_query_only() -> None:
     change = (moved - base).abs().flatten(1).amax(1)
     assert (change[[0, 2]] > 1e-4).all(), "the other slices of query 0 change"
     assert (change[d:] == 0).all(), "query 1 is untouched"
+
+
+def test_mask_head_without_autograd_works_in_place_with_equal_results() -> None:
+    torch.manual_seed(0)
+    head = MaskHead3D(num_queries=3, num_up=2, hidden=4)
+    for module in head.layers:
+        if isinstance(module, torch.nn.InstanceNorm3d):
+            torch.nn.init.normal_(module.weight)
+            torch.nn.init.normal_(module.bias)
+    masks = torch.randn(2, 3, 4, 5, 5)
+    expected = head(masks).detach()
+    assert expected.shape == (2, 3, 4, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(head(masks), expected, rtol=1e-5, atol=1e-5)
+    kept = []
+    head.layers[2].register_forward_hook(lambda _m, _i, out: kept.append((out, out.clone())))
+    with torch.no_grad():
+        torch.testing.assert_close(head(masks), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(*kept[0]), "a hooked norm's output is not written into"
