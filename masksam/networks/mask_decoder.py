@@ -195,7 +195,7 @@ class MaskHead3D(nn.Module):
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
         """``(B, Q, D, h, w)`` -> channels-last ``(B, Q, D, h*2^n, w*2^n)`` (CPU convolutions are faster so)."""
         masks = masks.contiguous(memory_format=torch.channels_last_3d)
-        if not may_reuse_outputs(self, *self.layers):
+        if not may_reuse_outputs(self.layers, *self.layers):  # (its own hooks see only input and output)
             return maybe_checkpoint(self.gradient_checkpointing, self.layers, masks)
         # Nobody else sees the intermediate tensors: norms and activations in place.
         for layer in self.layers:
