@@ -195,8 +195,18 @@ class PromptGenerator3D(nn.Module):
                 skipped = maybe_checkpoint(ckpt, layer, skipped) if isinstance(layer, ConvBlock3D) else layer(skipped)
             x = maybe_checkpoint(ckpt, fuse, torch.cat([up(x), skipped], dim=1))
             stages.append(x)
-        token_in = torch.cat([_pool_in_plane(s, self.token_side) for s in stages], dim=1)
-        box_in = torch.cat([_pool_in_plane(s, self.box_pool) for s in stages], dim=1)
+        side, box = self.token_side, self.box_pool
+        token_maps = [_pool_in_plane(s, side) for s in stages]
+        # Where a stage splits into equal side x side cells, and those into equal box x box groups, the
+        # box pooling is the pooling of the token maps (means of equal-size cells): no second full pass.
+        box_in = torch.cat(
+            [
+                _pool_in_plane(t if s.shape[-2] % side == s.shape[-1] % side == side % box == 0 else s, box)
+                for s, t in zip(stages, token_maps, strict=True)
+            ],
+            dim=1,
+        )
+        token_in = torch.cat(token_maps, dim=1)
         raw = torch.sigmoid(self.box_head(box_in))  # (B, Q, D, 2, 2)
         boxes = learned_box(raw.flatten(3))
         tokens = self.token_head(token_in).flatten(3)  # (B, Q, D, side*side)

@@ -34,3 +34,24 @@ def test_generator_runs_channels_last_with_and_without_autograd_alike() -> None:
     assert fast["aux_masks"].shape == (2, 3, 3, 16, 16)
     for key, value in slow.items():
         torch.testing.assert_close(fast[key], value.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("token_dim", [16, 9])
+def test_box_and_token_heads_see_the_adaptive_pooling_of_every_stage(token_dim: int) -> None:
+    """Box pooling comes from the token maps where their cells are equal (4x4 tokens: the 4x4, 8x8 and 16x16
+    stages), else from the stage itself (the 2x2 neck stage; every stage with 3x3 tokens)."""
+    torch.manual_seed(0)
+    gen = PromptGenerator3D(
+        [12, 12, 12, 12, 10], [8, 8, 8, 8, 8], num_queries=3, token_dim=token_dim, widths=[8, 6, 6, 4]
+    )
+    stages, heads = [], {}
+    for module in (gen.neck_stage, *gen.fuse):
+        module.register_forward_hook(lambda _m, _i, out: stages.append(out))
+    for name in ("box_head", "token_head"):
+        getattr(gen, name).register_forward_pre_hook(lambda _m, args, name=name: heads.__setitem__(name, args[0]))
+    with torch.no_grad():
+        gen(vit_features(5, 2 * 3, 2, [12, 12, 12, 12, 10]), num_slices=3)
+    assert [s.shape[-1] for s in stages] == [2, 4, 8, 16]
+    for name, side in (("box_head", 2), ("token_head", gen.token_side)):
+        expected = torch.cat([F.adaptive_avg_pool3d(s, (3, side, side)) for s in stages], dim=1)
+        torch.testing.assert_close(heads[name], expected)
