@@ -101,7 +101,7 @@ class PatchConvTranspose3d(nn.ConvTranspose3d):
         return placed.view(b, d * kd, h * kh, w * kw, cout).permute(0, 4, 1, 2, 3)
 
 
-#: Voxels per chunk of the variance sums of :class:`ChannelsLastInstanceNorm3d` without autograd.
+#: Voxels per chunk of the variance sums of :class:`ChannelsLastInstanceNorm3d`.
 _VAR_CHUNK_VOXELS = 1 << 16
 
 
@@ -139,11 +139,10 @@ class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
         voxels = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c)  # a view
         mean = voxels.mean(dim=1, keepdim=True)
         centred = voxels.sub_(mean) if inplace else voxels - mean
-        if torch.is_grad_enabled():
-            var = centred.square().mean(dim=1, keepdim=True)
-        else:  # without a full-size temporary: on CPU each new large tensor costs page faults
-            var = sum(part.square().sum(dim=1, keepdim=True) for part in centred.split(_VAR_CHUNK_VOXELS, dim=1))
-            var = var / voxels.shape[1]
+        # Sums of squares chunk by chunk: no full-size temporary (on CPU each new large tensor costs page
+        # faults; in training it would raise the peak), and the backward pass keeps views of ``centred``.
+        var = sum(part.square().sum(dim=1, keepdim=True) for part in centred.split(_VAR_CHUNK_VOXELS, dim=1))
+        var = var / voxels.shape[1]
         scale = torch.rsqrt(var + self.eps)
         if self.affine:
             scale = scale * self.weight
