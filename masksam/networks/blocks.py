@@ -106,50 +106,45 @@ _VAR_CHUNK_VOXELS = 1 << 16
 
 
 class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
-    """``nn.InstanceNorm3d`` that keeps a channels-last input channels-last.
+    """``nn.InstanceNorm3d`` that, without autograd, keeps a channels-last input channels-last.
 
     PyTorch's instance norm returns a channels-first tensor for a channels-last input, and on CPU takes
     about 2.6x its channels-first time to do so; the next convolution then also runs channels-first, which
-    on CPU is about 1.4x slower than channels-last (``docs/performance.md``). For channels-last inputs
-    this computes the statistics per sample and channel in two passes (mean, then the mean square of the
-    centred values; float32 sums over millions of voxels stay within 1e-6 of a float64 reference) and
-    returns a channels-last tensor; with running statistics or other inputs it is ``nn.InstanceNorm3d``.
-    Parameters and buffers are those of ``nn.InstanceNorm3d``.
+    on CPU is about 1.4x slower than channels-last (``docs/performance.md``). Without autograd, for
+    channels-last float inputs, this computes the statistics per sample and channel in two passes (mean,
+    then sums of squares of the centred values chunk by chunk; float32 sums over millions of voxels stay
+    within 1e-6 of a float64 reference) and returns a channels-last tensor. Under autograd, with running
+    statistics or other inputs it is ``nn.InstanceNorm3d``: in training PyTorch's kernel keeps fewer
+    full-size tensors alive than a composite would, which matters more there than the layout. Parameters
+    and buffers are those of ``nn.InstanceNorm3d``.
     """
 
-    def _native(self, x: torch.Tensor) -> bool:
+    def _own_path(self, x: torch.Tensor) -> bool:
         return (
-            not is_channels_last_3d(x)
-            or self.track_running_stats
-            or x.shape[1] != self.num_features
-            or x.dtype not in (torch.float32, torch.float64)  # half types: the native kernel's float sums
+            not torch.is_grad_enabled()
+            and is_channels_last_3d(x)
+            and not self.track_running_stats
+            and x.shape[1] == self.num_features
+            and x.dtype in (torch.float32, torch.float64)  # half types: the native kernel's float sums
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) if self._native(x) else self._normalize(x, inplace=False)
+        return self._normalize(x, inplace=False) if self._own_path(x) else super().forward(x)
 
     def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
         """Without autograd, normalise a channels-last ``x`` in place (for callers that own it); else ``self(x)``."""
-        if torch.is_grad_enabled() or self._native(x):
-            return self(x)
-        return self._normalize(x, inplace=True)
+        return self._normalize(x, inplace=True) if self._own_path(x) else self(x)
 
     def _normalize(self, x: torch.Tensor, inplace: bool) -> torch.Tensor:
         b, c = x.shape[:2]
         voxels = x.permute(0, 2, 3, 4, 1).reshape(b, -1, c)  # a view
         mean = voxels.mean(dim=1, keepdim=True)
         centred = voxels.sub_(mean) if inplace else voxels - mean
-        # Sums of squares chunk by chunk: no full-size temporary (on CPU each new large tensor costs page
-        # faults; in training it would raise the peak), and the backward pass keeps views of ``centred``.
+        # Sums of squares chunk by chunk: no full-size temporary (on CPU each one costs page faults).
         var = sum(part.square().sum(dim=1, keepdim=True) for part in centred.split(_VAR_CHUNK_VOXELS, dim=1))
-        var = var / voxels.shape[1]
-        scale = torch.rsqrt(var + self.eps)
+        scale = torch.rsqrt(var / voxels.shape[1] + self.eps)
         if self.affine:
             scale = scale * self.weight
-        if torch.is_grad_enabled():  # the square's backward needs ``centred`` as it is
-            out = centred * scale
-            out = out + self.bias if self.affine else out
-        else:  # in place on this function's own temporary (or on ``x``)
-            out = centred.mul_(scale)
-            out = out.add_(self.bias) if self.affine else out
+        out = centred.mul_(scale)  # in place on this function's own temporary (or on ``x``)
+        out = out.add_(self.bias) if self.affine else out
         return out.view(b, *x.shape[2:], c).permute(0, 4, 1, 2, 3)
