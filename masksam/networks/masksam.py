@@ -223,6 +223,7 @@ def build_masksam(
     stem_channels: int = 8,
     mask_head_channels: int = 32,
     gradient_checkpointing: bool = False,
+    decode_chunk_elements: int | None = DECODE_CHUNK_ELEMENTS,
 ) -> MaskSAM:
     """Build MaskSAM on a SAM-family backbone and mark what trains.
 
@@ -243,6 +244,8 @@ def build_masksam(
         mask_head_channels: hidden channels of the final 3D CNN (research code: 64).
         gradient_checkpointing: recompute activations in the backward pass (training memory): each encoder
             block, prompt-generator stage and decoder layer, and the final 3D CNN.
+        decode_chunk_elements: without autograd, decode chunks of queries whose image tokens have at most
+            this many elements (None: all problems at once; see :class:`MaskSAM`).
     """
     if num_slices < 1 or num_queries < 1:
         raise ValueError(f"num_slices and num_queries must be >= 1, got {num_slices} and {num_queries}")
@@ -299,6 +302,7 @@ def build_masksam(
         ),
         num_slices=num_slices,
         image_size=image_size,
+        decode_chunk_elements=decode_chunk_elements,
     )
     model.set_gradient_checkpointing(gradient_checkpointing)
     model.mark_trainable()

@@ -74,6 +74,7 @@ def test_chunked_decoding_equals_decoding_all_problems_at_once() -> None:
     assert model._decode_chunks(2, 5, per_query) == chunks[2]  # under autograd: all at once
     model.decode_chunk_elements = per_query
     assert model._decode_chunks(2, 5, per_query) == chunks[2]
+    assert tiny_masksam(decode_chunk_elements=None).decode_chunk_elements is None  # the builder passes it on
     for key in MASKSAM_OUTPUT_KEYS:
         for chunked in outputs[:2]:
             torch.testing.assert_close(chunked[key], outputs[2][key], rtol=1e-5, atol=1e-5)
