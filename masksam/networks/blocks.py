@@ -22,13 +22,14 @@ PATCH_CHUNK_ELEMENTS = 1 << 22
 
 class PatchConvTranspose3d(nn.ConvTranspose3d):
     """A transposed 3D convolution whose stride equals its kernel (non-overlapping patches: ``(1, 2, 2)``
-    in-plane up-sampling), computed as a 1x1x1 convolution to ``out * kd * kh * kw`` channels followed by
-    a depth-to-space rearrangement.
+    in-plane up-sampling), computed as a product to ``out * kd * kh * kw`` channels per voxel followed by
+    a depth-to-space rearrangement: a 1x1x1 convolution for channels-first inputs, a matrix product over
+    the voxels for channels-last ones (row blocks placed straight into the output without autograd).
 
-    Each output voxel receives exactly one kernel tap, so the two forms are the same sums; on CPU the
-    rearranged form runs the fast 1x1x1 convolution kernel instead of the transposed one (see
-    docs/performance.md for the prompt generator's time before and after). Parameters, their names and
-    shapes are those of ``nn.ConvTranspose3d``, so checkpoints are interchangeable.
+    Each output voxel receives exactly one kernel tap, so the forms are the same sums; on CPU they run
+    fast kernels instead of the transposed convolution (see docs/performance.md for the prompt
+    generator's time before and after). Parameters, their names and shapes are those of
+    ``nn.ConvTranspose3d``, so checkpoints are interchangeable.
 
     Calls this form does not cover (``output_size``, unbatched inputs, padding or groups set afterwards)
     run ``nn.ConvTranspose3d``'s own forward.

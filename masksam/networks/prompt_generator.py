@@ -24,7 +24,11 @@ __all__ = ["PromptGenerator3D", "ConvBlock3D", "learned_box"]
 
 
 class ConvBlock3D(nn.Sequential):
-    """3x3x3 convolution, instance norm, LeakyReLU (MONAI ``Convolution``); channels-last stays channels-last."""
+    """3x3x3 convolution, instance norm, LeakyReLU (MONAI ``Convolution``).
+
+    Without autograd a channels-last input stays channels-last and, where no hook can see them, the norm and
+    the activation work in place on the convolution's output.
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         block = Convolution(
