@@ -65,9 +65,12 @@ class AdaptedBlock(nn.Module):
         step = max(1, ENCODER_CHUNK_ELEMENTS // (3 * h * w * c))
         if step >= b:
             return self._attention_images(x)
-        out = torch.empty_like(x)
+        out = None
         for i in range(0, b, step):
-            out[i : i + step] = self._attention_images(x[i : i + step])
+            part = self._attention_images(x[i : i + step])
+            if out is None:  # the dtype of the first part (autocast may have lowered it)
+                out = part.new_empty((b, *part.shape[1:]))
+            out[i : i + step] = part
         return out
 
     def _attention_images(self, x: torch.Tensor) -> torch.Tensor:

@@ -156,11 +156,21 @@ def test_adapted_block_without_autograd_equals_with_and_keeps_its_input(
         assert torch.equal(x, kept)
 
 
-def test_adapted_block_without_autograd_keeps_a_float32_residual_stream_under_autocast() -> None:
-    """The bf16 branch outputs are not reused for the sum: the stream stays float32, as in grad mode."""
+@pytest.mark.parametrize("chunk", [None, 200])
+def test_adapted_block_without_autograd_keeps_a_float32_residual_stream_under_autocast(
+    chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bf16 branch outputs are not reused for the sum: the stream stays float32, as in grad mode (also
+    when attention and MLP run in chunks: their parts keep the branch's bf16)."""
+    if chunk is not None:
+        monkeypatch.setattr(encoder_module, "ENCODER_CHUNK_ELEMENTS", chunk)
     block = Block(dim=32, num_heads=4, use_rel_pos=True, window_size=0, input_size=(6, 6))
     _randomise(block)
-    adapted = AdaptedBlock(block.requires_grad_(False)).eval()  # frozen: both modes take the same kernels
+    # With MaskSAM's adapters: the attention branch plus its adapter is summed in the branch's dtype.
+    adapted = AdaptedBlock(block, masksam_block_adapters(32, 1)[0]).eval()
+    adapted.requires_grad_(False)  # frozen: both modes take the same kernels
+    for param in adapted.adapters.parameters():  # adapters start at zero: give them something to add
+        torch.nn.init.normal_(param, std=0.2)
     x = torch.randn(2, 6, 6, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.enable_grad():
