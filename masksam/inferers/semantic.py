@@ -26,15 +26,16 @@ def semantic_scores(pred_logits: torch.Tensor, pred_masks: torch.Tensor) -> torc
             f"expected pred_logits (N, Q, K+1) and pred_masks (N, Q, H, W) with equal N, Q; got "
             f"{tuple(pred_logits.shape)} and {tuple(pred_masks.shape)}"
         )
-    probs = pred_logits.float().softmax(dim=-1)[..., :-1]
-    if torch.is_grad_enabled():
-        return torch.einsum("nqk,nqhw->nkhw", probs, pred_masks.float().sigmoid())
-    # Without autograd one slice at a time: the sigmoid masks never exist for all slices at once.
-    n, _, h, w = pred_masks.shape
-    out = probs.new_empty((n, probs.shape[-1], h, w))
-    for i in range(n):
-        torch.matmul(probs[i].t(), pred_masks[i].float().sigmoid().flatten(1), out=out[i].view(-1, h * w))
-    return out
+    with torch.autocast(pred_masks.device.type, enabled=False):  # float32 under autocast too
+        probs = pred_logits.float().softmax(dim=-1)[..., :-1]
+        if torch.is_grad_enabled():
+            return torch.einsum("nqk,nqhw->nkhw", probs, pred_masks.float().sigmoid())
+        # Without autograd one slice at a time: the sigmoid masks never exist for all slices at once.
+        n, _, h, w = pred_masks.shape
+        out = probs.new_empty((n, probs.shape[-1], h, w))
+        for i in range(n):
+            torch.matmul(probs[i].t(), pred_masks[i].float().sigmoid().flatten(1), out=out[i].view(-1, h * w))
+        return out
 
 
 class SemanticWrapper(nn.Module):

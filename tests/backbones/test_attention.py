@@ -8,7 +8,7 @@ from segment_anything.modeling.transformer import Attention as DecoderAttention
 from torch.profiler import ProfilerActivity, profile
 
 import masksam.backbones.attention as attention_module
-from masksam.adapters import masksam_block_adapters, med_sa_block_adapters
+from masksam.adapters import lora_block_adapters, ma_sam_block_adapters, masksam_block_adapters, med_sa_block_adapters
 from masksam.backbones import AdaptedBlock, decomposed_rel_pos_bias, sam_attention
 from masksam.backbones import encoder as encoder_module
 from masksam.backbones.attention import sam_decoder_attention
@@ -132,7 +132,9 @@ def test_adapted_block_without_adapters_equals_vit_b_block(window_size: int) -> 
 
 
 @pytest.mark.parametrize("window_size", [0, 4])
-@pytest.mark.parametrize("preset", [None, masksam_block_adapters, med_sa_block_adapters])
+@pytest.mark.parametrize(
+    "preset", [None, masksam_block_adapters, med_sa_block_adapters, ma_sam_block_adapters, lora_block_adapters]
+)
 @pytest.mark.parametrize("chunk", [None, 200])
 def test_adapted_block_without_autograd_equals_with_and_keeps_its_input(
     window_size: int, preset, chunk: int | None, monkeypatch: pytest.MonkeyPatch
@@ -145,6 +147,7 @@ def test_adapted_block_without_autograd_equals_with_and_keeps_its_input(
     block = Block(dim=32, num_heads=4, use_rel_pos=True, window_size=window_size, input_size=(6, 6))
     _randomise(block)
     adapted = AdaptedBlock(block, preset(32, 1)[0] if preset is not None else None).eval()
+    _randomise(adapted.adapters)  # adapters start at zero: give them something to add
     x = torch.randn(4, 6, 6, 32)
     kept = x.clone()
     with torch.enable_grad():

@@ -61,3 +61,13 @@ def test_wrapper_layout_and_normalisation() -> None:
     torch.testing.assert_close(normed.sum(1), torch.ones(2, 5, 6, 3))
     with torch.no_grad():  # normalised in place
         torch.testing.assert_close(SemanticWrapper(_FakeNet(), normalize=True)(x), normed)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_semantic_scores_are_float32_under_autocast(grad: bool) -> None:
+    logits, masks = torch.randn(2, 5, 4), torch.randn(2, 5, 6, 7)
+    expected = semantic_scores(logits, masks)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = semantic_scores(logits, masks)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, expected)

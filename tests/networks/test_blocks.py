@@ -97,6 +97,9 @@ def test_channels_last_instance_norm_falls_back_to_the_native_kernel() -> None:
     assert ours(x).is_contiguous()
     cl = x.contiguous(memory_format=CL).bfloat16()
     torch.testing.assert_close(ours(cl), nn.InstanceNorm3d(3)(cl))
+    assert not is_channels_last_3d(ours(cl))  # PyTorch's kernel returns channels-first
+    with torch.no_grad():
+        assert not is_channels_last_3d(ours(cl))
     tracked = ChannelsLastInstanceNorm3d(3, track_running_stats=True)
     tracked(x.contiguous(memory_format=CL))
     assert tracked.running_mean.abs().sum() > 0  # the native kernel updated the running statistics
