@@ -24,14 +24,14 @@ from torch import nn
 from masksam.adapters.base import check_num_slices
 from masksam.adapters.block import BlockAdapters
 from masksam.backbones.attention import sam_attention
-from masksam.backbones.checkpointing import may_reuse_outputs, maybe_checkpoint
+from masksam.backbones.checkpointing import TEMPORARY_ELEMENTS, map_chunks, may_reuse_outputs, maybe_checkpoint
 
 __all__ = ["AdaptedBlock", "ENCODER_CHUNK_ELEMENTS", "SamViTEncoder3D", "TinyViTEncoder3D"]
 
 #: Without autograd, the attention of an encoder block runs on groups of images whose qkv projection has
-#: at most this many elements, and its MLP on rows of tokens whose hidden activations have at most this
-#: many (16 MiB in float32: below glibc's 32 MiB mmap ceiling; docs/performance.md).
-ENCODER_CHUNK_ELEMENTS = 1 << 22
+#: at most this many elements, and its MLP on blocks of token rows whose hidden activations have at most
+#: this many.
+ENCODER_CHUNK_ELEMENTS = TEMPORARY_ELEMENTS
 
 
 def _residual(x: torch.Tensor, branch: torch.Tensor, reuse: bool) -> torch.Tensor:
@@ -59,19 +59,10 @@ class AdaptedBlock(nn.Module):
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self._attention_images(x)
-        # Without autograd, groups of images: the qkv projections and window copies of each group stay
-        # under ENCODER_CHUNK_ELEMENTS (on CPU, larger temporaries are mapped afresh at every allocation).
-        b, h, w, c = x.shape
-        step = max(1, ENCODER_CHUNK_ELEMENTS // (3 * h * w * c))
-        if step >= b:
-            return self._attention_images(x)
-        out = None
-        for i in range(0, b, step):
-            part = self._attention_images(x[i : i + step])
-            if out is None:  # the dtype of the first part (autocast may have lowered it)
-                out = part.new_empty((b, *part.shape[1:]))
-            out[i : i + step] = part
-        return out
+        # Without autograd, groups of images: the qkv projection and window copies of each group stay
+        # under ENCODER_CHUNK_ELEMENTS.
+        _, h, w, c = x.shape
+        return map_chunks(self._attention_images, x, max(1, ENCODER_CHUNK_ELEMENTS // (3 * h * w * c)))
 
     def _attention_images(self, x: torch.Tensor) -> torch.Tensor:
         window = self.block.window_size
@@ -87,21 +78,15 @@ class AdaptedBlock(nn.Module):
         mlp = self.block.mlp
         if not (reuse and type(mlp) is MLPBlock and type(mlp.act) is nn.GELU):
             return mlp(x)
-        # No autograd, no hooks: rows of tokens at a time, GELU in place, the second projection written
-        # straight into the output; the 4C-wide hidden activations never exist for all tokens at once.
-        lin1, lin2 = mlp.lin1, mlp.lin2
-        tokens = x.reshape(-1, x.shape[-1])
-        rows = max(1, ENCODER_CHUNK_ELEMENTS // lin1.out_features)
-        out = None
-        for r in range(0, tokens.shape[0], rows):
-            hidden = lin1(tokens[r : r + rows])
+
+        # No autograd, no hooks: blocks of token rows, GELU in place; the 4C-wide hidden activations never
+        # exist for all tokens at once.
+        def rows(tokens: torch.Tensor) -> torch.Tensor:
+            hidden = mlp.lin1(tokens)
             torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
-            part = lin2(hidden)
-            if r == 0 and rows >= tokens.shape[0]:
-                return part.view(*x.shape[:-1], -1)
-            if out is None:  # the dtype of the first part (autocast may have lowered it)
-                out = part.new_empty((tokens.shape[0], part.shape[-1]))
-            out[r : r + rows] = part
+            return mlp.lin2(hidden)
+
+        out = map_chunks(rows, x.reshape(-1, x.shape[-1]), max(1, ENCODER_CHUNK_ELEMENTS // mlp.lin1.out_features))
         return out.view(*x.shape[:-1], -1)
 
     def forward(self, x: torch.Tensor, num_slices: int) -> torch.Tensor:

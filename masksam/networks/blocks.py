@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from masksam.backbones.checkpointing import TEMPORARY_ELEMENTS
+
 __all__ = ["ChannelsLastInstanceNorm3d", "PatchConvTranspose3d", "is_channels_last_3d"]
 
 
@@ -16,8 +18,8 @@ def is_channels_last_3d(x: torch.Tensor) -> bool:
 
 
 #: Largest matrix-product block (in elements) of :class:`PatchConvTranspose3d` on channels-last inputs
-#: without autograd: 16 MiB in float32, below glibc's 32 MiB mmap ceiling (docs/performance.md).
-PATCH_CHUNK_ELEMENTS = 1 << 22
+#: without autograd.
+PATCH_CHUNK_ELEMENTS = TEMPORARY_ELEMENTS
 
 
 class PatchConvTranspose3d(nn.ConvTranspose3d):

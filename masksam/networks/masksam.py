@@ -31,6 +31,7 @@ from masksam.adapters import (
     masksam_block_adapters,
 )
 from masksam.backbones import SamViTEncoder3D, TinyViTEncoder3D, build_sam, global_attn_indexes
+from masksam.backbones.checkpointing import TEMPORARY_ELEMENTS
 from masksam.losses.box_ops import masks_to_boxes_normalized
 from masksam.networks.mask_decoder import MaskClassificationDecoder, MaskHead3D
 from masksam.networks.prompt_generator import PromptGenerator3D
@@ -43,9 +44,8 @@ logger = logging.getLogger(__name__)
 MASKSAM_OUTPUT_KEYS = ("pred_logits", "pred_masks", "aux_masks", "aux_boxes")
 
 #: Default of :attr:`MaskSAM.decode_chunk_elements`: 16 MiB of float32 image tokens per decoder chunk
-#: (one query of a 9x512x512 patch). On CPU, tensors above glibc's 32 MiB mmap ceiling are mapped afresh
-#: at every allocation; docs/performance.md has the time before and after.
-DECODE_CHUNK_ELEMENTS = 1 << 22
+#: (one query of a 9x512x512 patch).
+DECODE_CHUNK_ELEMENTS = TEMPORARY_ELEMENTS
 
 
 class Stem3D(nn.Module):
