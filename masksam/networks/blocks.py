@@ -111,9 +111,9 @@ _VAR_CHUNK_VOXELS = 1 << 16
 class ChannelsLastInstanceNorm3d(nn.InstanceNorm3d):
     """``nn.InstanceNorm3d`` that, without autograd, keeps a channels-last input channels-last.
 
-    PyTorch's instance norm returns a channels-first tensor for a channels-last input, and on CPU takes
-    about 2.6x its channels-first time to do so; the next convolution then also runs channels-first, which
-    on CPU is about 1.4x slower than channels-last (``docs/performance.md``). Without autograd, for
+    PyTorch's instance norm returns a channels-first tensor for a channels-last input, and on CPU is slow
+    to do so; the next convolution then also runs channels-first, which on CPU is slower than
+    channels-last (``docs/performance.md``). Without autograd, for
     channels-last float inputs, this computes the statistics per sample and channel in two passes (mean,
     then sums of squares of the centred values chunk by chunk; float32 sums over millions of voxels stay
     within 1e-6 of a float64 reference) and returns a channels-last tensor. Under autograd, with running
