@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from masksam.adapters.base import Adapter, check_num_slices, fold_slices, unfold_slices
-from masksam.adapters.block import BlockAdapters
+from masksam.adapters.block import BlockAdapterFactory, BlockAdapters, DecoderAdapters
 from masksam.adapters.bottleneck import BottleneckAdapter
 from masksam.adapters.depth_conv import DepthConvAdapter3D
 from masksam.adapters.depth_mlp import DepthMLPAdapter3D
@@ -14,6 +14,7 @@ from masksam.adapters.presets import (
     lora_block_adapters,
     ma_sam_block_adapters,
     masksam_block_adapters,
+    masksam_decoder_adapters,
     med_sa_block_adapters,
 )
 from masksam.adapters.sd_trans import SpaceDepthTranspose, depth_grid
@@ -25,7 +26,9 @@ __all__ = [
     "check_num_slices",
     "fold_slices",
     "unfold_slices",
+    "BlockAdapterFactory",
     "BlockAdapters",
+    "DecoderAdapters",
     "BottleneckAdapter",
     "DepthConvAdapter3D",
     "DepthMLPAdapter3D",
@@ -40,6 +43,7 @@ __all__ = [
     "lora_block_adapters",
     "ma_sam_block_adapters",
     "masksam_block_adapters",
+    "masksam_decoder_adapters",
     "med_sa_block_adapters",
     "count_parameters",
     "format_parameter_counts",

@@ -13,7 +13,7 @@ from monai.data import MetaTensor, decollate_batch, list_data_collate
 
 from masksam.auto3dseg.config import read_algo_config
 from masksam.backbones.sam import read_state_dict
-from masksam.engines.weights import check_state_dict
+from masksam.engines.weights import load_network_weights
 
 __all__ = ["TemplateInferer"]
 
@@ -48,9 +48,8 @@ class TemplateInferer:
         if not os.path.isfile(self.checkpoint):
             raise FileNotFoundError(f"trained weights not found: {self.checkpoint} (has the fold been trained?)")
         self.network = parser.get_parsed_content("network_def")
-        state = read_state_dict(self.checkpoint)  # weights_only, on the CPU
-        check_state_dict(self.network, state, repr(self.checkpoint))  # names the setting that differs
-        self.network.load_state_dict(state)
+        # weights_only, on the CPU; a network of other settings is an error naming the setting that differs
+        load_network_weights(self.network, read_state_dict(self.checkpoint), repr(self.checkpoint))
         self.network.to(self.device).eval()
         logger.info("loaded %s", self.checkpoint)
         self.preprocessing = parser.get_parsed_content("infer#preprocessing")

@@ -1,10 +1,17 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
-"""SAM-family backbones: builders, checkpoint loading, fused attention, slice-stack encoders."""
+"""SAM-family backbones: builders, checkpoint loading, SDPA attention, slice-stack encoders with adapter slots."""
 
 from __future__ import annotations
 
-from masksam.backbones.attention import decomposed_rel_pos_bias, sam_attention
-from masksam.backbones.encoder import AdaptedBlock, SamViTEncoder3D, TinyViTEncoder3D
+from masksam.backbones.attention import MAX_BIAS_ELEMENTS, decomposed_rel_pos_bias, sam_attention
+from masksam.backbones.encoder import (
+    AdaptedBlock,
+    AdaptedTinyViTBlock,
+    AdaptedViTBlock,
+    SamViTEncoder3D,
+    TinyViTEncoder3D,
+    build_encoder3d,
+)
 from masksam.backbones.lite_medsam import LITE_MEDSAM_SHA256, build_lite_medsam, lite_medsam_checkpoint_path
 from masksam.backbones.sam import (
     SAM_PRESETS,
@@ -20,9 +27,13 @@ from masksam.backbones.sam import (
 )
 
 __all__ = [
+    "MAX_BIAS_ELEMENTS",
     "decomposed_rel_pos_bias",
     "sam_attention",
     "AdaptedBlock",
+    "AdaptedTinyViTBlock",
+    "AdaptedViTBlock",
+    "build_encoder3d",
     "SamViTEncoder3D",
     "TinyViTEncoder3D",
     "LITE_MEDSAM_SHA256",

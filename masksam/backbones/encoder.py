@@ -1,118 +1,227 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
 """SAM image encoders applied to stacks of slices, with adapters composed into their blocks.
 
-:class:`AdaptedBlock` receives a finished ``segment_anything`` ViT block and the adapters of that block
-(:class:`BlockAdapters`) and runs them around the frozen parts; :class:`SamViTEncoder3D` does the same for
-the whole ViT. Nothing is reassigned inside ``segment_anything`` modules, and the frozen weights keep
-their own modules (and so their checkpoint keys). Attention runs through SDPA
-(:func:`masksam.backbones.attention.sam_attention`).
+Both encoder families share one adapter contract, :class:`~masksam.adapters.BlockAdapters`: an
+:class:`AdaptedBlock` receives a finished transformer block (SAM's ViT ``Block`` or LiteMedSAM's
+``TinyViTBlock``) and the adapters of that block, and runs them around the frozen parts. Nothing is
+reassigned inside the wrapped modules, and the frozen weights keep their own modules (and so their
+checkpoint keys). :func:`build_encoder3d` assembles either family from a built image encoder.
 
-Layout: inputs ``(B*D, 3, S, S)`` with the D slices of a stack consecutive; tokens channels-last
-``(B*D, h, w, C)``; outputs channels-first.
+Layout: inputs ``(B*D, 3, S, S)`` with the D slices of a stack consecutive (``n = b * D + d``); inside a
+block, tokens are channels-last grids ``(B*D, h, w, C)``, never window-partitioned where an adapter sees
+them; returned features are channels-first ``(B*D, C, h, w)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from functools import partial
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 
 import torch
-from segment_anything.modeling.common import MLPBlock
+import torch.nn.functional as F
 from segment_anything.modeling.image_encoder import Block, ImageEncoderViT, window_partition, window_unpartition
 from torch import nn
 
 from masksam.adapters.base import check_num_slices
-from masksam.adapters.block import BlockAdapters
-from masksam.backbones.attention import sam_attention
-from masksam.backbones.checkpointing import TEMPORARY_ELEMENTS, map_chunks, may_reuse_outputs, maybe_checkpoint
+from masksam.adapters.block import BlockAdapterFactory, BlockAdapters
+from masksam.adapters.embedding import SliceEmbedding
+from masksam.backbones.attention import MAX_BIAS_ELEMENTS, sam_attention
+from masksam.backbones.checkpointing import maybe_checkpoint
 
-__all__ = ["AdaptedBlock", "ENCODER_CHUNK_ELEMENTS", "SamViTEncoder3D", "TinyViTEncoder3D"]
+__all__ = [
+    "AdaptedBlock",
+    "AdaptedTinyViTBlock",
+    "AdaptedViTBlock",
+    "SamViTEncoder3D",
+    "TinyViTEncoder3D",
+    "build_encoder3d",
+]
 
-#: Without autograd, the attention of an encoder block runs on groups of images whose qkv projection has
-#: at most this many elements, and its MLP on blocks of token rows whose hidden activations have at most
-#: this many.
-ENCODER_CHUNK_ELEMENTS = TEMPORARY_ELEMENTS
 
+class AdaptedBlock(nn.Module, ABC):
+    """A frozen transformer block with :class:`BlockAdapters` around it (the contract both families share).
 
-def _residual(x: torch.Tensor, branch: torch.Tensor, reuse: bool) -> torch.Tensor:
-    """``x + branch``, written into ``branch`` when allowed and the sum keeps its dtype and shape.
+    ``forward(x, num_slices)`` on channels-last ``(B*D, h, w, C)`` tokens runs::
 
-    Under autocast the branch may be bf16/fp16 while the residual stream stays float32: then a new tensor.
+        x = x + pre_attn(x)
+        a = attention(x);  a = a + post_attn(a);  a = a + depth_attn(norm1(x), attend)
+        x = between(x + a)                               # TinyViT's local convolution; ViT: nothing
+        x = x + pre_mlp(x)
+        x = x + mlp(norm2(x)) + parallel_mlp_scale * parallel_mlp(norm2(x))
+
+    where each adapter term is present only when its slot is filled, every adapter sees the full,
+    un-windowed grid (window partitioning is confined to the frozen attention), and ``attend`` is the
+    block's frozen attention on normalised ``(N, a, b, C)`` grids. Subclasses supply the family's parts.
     """
-    if reuse and branch.shape == x.shape and torch.result_type(x, branch) == branch.dtype:
-        return branch.add_(x)
-    return x + branch
 
-
-class AdaptedBlock(nn.Module):
-    """A frozen ``segment_anything`` ViT block with adapters around it.
-
-    Every slice-aware adapter sees the full, un-windowed ``(B*D, h, w, C)`` grid: window partitioning is
-    confined to the frozen attention itself.
-    """
-
-    def __init__(self, block: Block, adapters: BlockAdapters | None = None) -> None:
+    def __init__(self, block: nn.Module, adapters: BlockAdapters | None = None) -> None:
         super().__init__()
         self.block = block
         self.adapters = adapters if adapters is not None else BlockAdapters()
 
-    def _attention(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            return self._attention_images(x)
-        # Without autograd, groups of images: the qkv projection and window copies of each group stay
-        # under ENCODER_CHUNK_ELEMENTS.
-        _, h, w, c = x.shape
-        return map_chunks(self._attention_images, x, max(1, ENCODER_CHUNK_ELEMENTS // (3 * h * w * c)))
+    @abstractmethod
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention branch (windowed where the block is) of the residual stream ``x (N, h, w, C)``."""
+        raise NotImplementedError
 
-    def _attention_images(self, x: torch.Tensor) -> torch.Tensor:
-        window = self.block.window_size
-        if window > 0:
-            h, w = x.shape[1:3]
-            x, pad_hw = window_partition(x, window)
-        x = sam_attention(self.block.attn, x, self.adapters.qkv)
-        if window > 0:
-            x = window_unpartition(x, window, pad_hw, (h, w))
+    @abstractmethod
+    def norm1(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @abstractmethod
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen attention on a normalised ``(N, a, b, C)`` grid, unwindowed (Space-Depth Transpose)."""
+        raise NotImplementedError
+
+    def between(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def _mlp(self, x: torch.Tensor, reuse: bool) -> torch.Tensor:
-        mlp = self.block.mlp
-        if not (reuse and type(mlp) is MLPBlock and type(mlp.act) is nn.GELU):
-            return mlp(x)
+    @abstractmethod
+    def norm2(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
-        # No autograd, no hooks: blocks of token rows, GELU in place; the 4C-wide hidden activations never
-        # exist for all tokens at once.
-        def rows(tokens: torch.Tensor) -> torch.Tensor:
-            hidden = mlp.lin1(tokens)
-            torch.ops.aten.gelu_(hidden, approximate=mlp.act.approximate)
-            return mlp.lin2(hidden)
-
-        out = map_chunks(rows, x.reshape(-1, x.shape[-1]), max(1, ENCODER_CHUNK_ELEMENTS // mlp.lin1.out_features))
-        return out.view(*x.shape[:-1], -1)
+    @abstractmethod
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP on normalised tokens."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor, num_slices: int) -> torch.Tensor:
-        """``x (B*D, h, w, C)`` channels-last -> same shape (``x`` itself is never modified)."""
+        """``x (B*D, h, w, C)`` channels-last -> same shape."""
         ad = self.adapters
-        # Without autograd (and hooks) the residual sums go into the branch outputs, which this block has
-        # just allocated, and GELU works in place: three fewer large tensors per block (on CPU each new
-        # one costs page faults; docs/performance.md, "The memory allocator").
-        reuse = may_reuse_outputs(self.block.attn.proj, *self.block.mlp.modules())
         if ad.pre_attn is not None:
             x = x + ad.pre_attn(x, num_slices)
-        normed = self.block.norm1(x)
-        a = self._attention(normed)
+        a = self.attention(x)
         if ad.post_attn is not None:
             a = a + ad.post_attn(a, num_slices)
         if ad.depth_attn is not None:
-            a = a + ad.depth_attn(normed, partial(sam_attention, self.block.attn), num_slices)
-        x = _residual(x, a, reuse)
+            a = a + ad.depth_attn(self.norm1(x), self.attend, num_slices)
+        x = self.between(x + a)
         if ad.pre_mlp is not None:
             x = x + ad.pre_mlp(x, num_slices)
-        normed = self.block.norm2(x)
-        m = self._mlp(normed, reuse)
-        x = _residual(x, m, reuse)
+        normed = self.norm2(x)
+        x = x + self.mlp(normed)
         if ad.parallel_mlp is not None:
             x = x + ad.parallel_mlp_scale * ad.parallel_mlp(normed, num_slices)
         return x
+
+
+class AdaptedViTBlock(AdaptedBlock):
+    """SAM's ViT ``Block`` (pre-norm attention with decomposed relative positions, MLP), attention through SDPA.
+
+    Args:
+        block: a finished ``segment_anything`` ``Block``.
+        adapters: its adapters.
+        max_bias_elements: memory bound of the attention's additive-bias form
+            (:func:`~masksam.backbones.attention.sam_attention`).
+    """
+
+    def __init__(
+        self, block: Block, adapters: BlockAdapters | None = None, max_bias_elements: int = MAX_BIAS_ELEMENTS
+    ) -> None:
+        super().__init__(block, adapters)
+        self.max_bias_elements = max_bias_elements
+
+    def norm1(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block.norm1(x)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        return sam_attention(self.block.attn, x, self.adapters.qkv, self.max_bias_elements)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x)
+        window = self.block.window_size
+        if window == 0:
+            return self.attend(x)
+        h, w = x.shape[1:3]
+        windows, pad_hw = window_partition(x, window)
+        return window_unpartition(self.attend(windows), window, pad_hw, (h, w))
+
+    def norm2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block.norm2(x)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block.mlp(x)
+
+
+def _tiny_vit_bias(attn: nn.Module, a: int, b: int) -> torch.Tensor:
+    """TinyViT's attention bias ``(heads, a*b, a*b)`` for an ``a x b`` grid inside its ``r x r`` window.
+
+    TinyViT indexes its learnt biases by the offset ``(|dy|, |dx|)`` between two positions of the window;
+    in the order it enumerates them, offset ``(dy, dx)`` has index ``dy * r + dx``.
+    """
+    r = int(round(attn.attention_bias_idxs.shape[0] ** 0.5))
+    if a == b == r:
+        return attn.attention_biases[:, attn.attention_bias_idxs]
+    if a > r or b > r:
+        raise ValueError(f"TinyViT attention of window {r}x{r} cannot attend over a {a}x{b} grid")
+    ys, xs = torch.meshgrid(torch.arange(a), torch.arange(b), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    index = (ys[:, None] - ys[None, :]).abs() * r + (xs[:, None] - xs[None, :]).abs()
+    return attn.attention_biases[:, index.to(attn.attention_biases.device)]
+
+
+class AdaptedTinyViTBlock(AdaptedBlock):
+    """LiteMedSAM's ``TinyViTBlock``: windowed attention with learnt offset biases (norm inside the attention),
+    a depthwise local convolution, then the MLP (norm inside the MLP); attention through SDPA.
+
+    A ``qkv`` slot's ``[q | k | v]`` delta is rearranged to TinyViT's per-head ``(q, k, v)`` layout.
+    """
+
+    def norm1(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block.attn.norm(x)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        attn = self.block.attn
+        n, a, b, c = x.shape
+        qkv = attn.qkv(x)
+        if self.adapters.qkv is not None:
+            delta = self.adapters.qkv(x)  # (N, a, b, 3C) as [q | k | v]
+            qkv = qkv + delta.unflatten(-1, (3, attn.num_heads, -1)).transpose(-3, -2).flatten(-3)
+        q, k, v = qkv.reshape(n, a * b, attn.num_heads, -1).split(
+            [attn.key_dim, attn.key_dim, attn.d], dim=3
+        )  # each (N, L, heads, dim)
+        bias = _tiny_vit_bias(attn, a, b).to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias, scale=attn.scale
+        )
+        return attn.proj(out.transpose(1, 2).reshape(n, a, b, attn.dh))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        # TinyViT pads the residual stream with zeros before its attention's own norm: so does this.
+        h, w = x.shape[1:3]
+        window = self.block.window_size
+        windows, pad_hw = window_partition(x, window)
+        return window_unpartition(self.attend(self.norm1(windows)), window, pad_hw, (h, w))
+
+    def between(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    def norm2(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block.mlp.norm(x)
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.block.mlp
+        return m.drop(m.fc2(m.drop(m.act(m.fc1(x)))))
+
+
+def _check_slices(x: torch.Tensor, image_size: int, num_slices: int) -> None:
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != image_size or x.shape[-2] != image_size:
+        raise ValueError(f"expected (B*D, 3, {image_size}, {image_size}) slices for this encoder, got {tuple(x.shape)}")
+    check_num_slices(x.shape[0], num_slices)
+
+
+def _check_out_indices(out_indices: Sequence[int], count: int, what: str) -> tuple[int, ...]:
+    if not out_indices or any(not 0 <= i < count for i in out_indices):
+        raise ValueError(f"out_indices {list(out_indices)} must name {what} in 0..{count - 1}")
+    return tuple(out_indices)
+
+
+def _check_adapters(block_adapters: Sequence[BlockAdapters | None] | None, count: int) -> list[BlockAdapters | None]:
+    if block_adapters is None:
+        return [None] * count
+    if len(block_adapters) != count:
+        raise ValueError(f"got {len(block_adapters)} block adapters for an encoder of {count} blocks")
+    return list(block_adapters)
 
 
 class SamViTEncoder3D(nn.Module):
@@ -123,8 +232,10 @@ class SamViTEncoder3D(nn.Module):
         block_adapters: one :class:`BlockAdapters` (or None) per block; default none.
         slice_embedding: optional module adding a per-slice embedding to the tokens after the position
             embedding (:class:`masksam.adapters.SliceEmbedding`).
-        out_indices: blocks whose outputs are returned besides the neck; default the global-attention blocks.
+        out_indices: blocks whose outputs are returned besides the neck; default the last block of each
+            quarter of the depth (SAM's four global-attention blocks for ViT-B/L/H).
         gradient_checkpointing: recompute block activations in the backward pass (saves memory in training).
+        max_bias_elements: memory bound of the attention's additive-bias form.
 
     Attributes:
         feature_channels, feature_strides: channels and strides of the returned features, neck last.
@@ -137,23 +248,21 @@ class SamViTEncoder3D(nn.Module):
         slice_embedding: nn.Module | None = None,
         out_indices: Sequence[int] | None = None,
         gradient_checkpointing: bool = False,
+        max_bias_elements: int = MAX_BIAS_ELEMENTS,
     ) -> None:
         super().__init__()
         depth = len(encoder.blocks)
-        if block_adapters is None:
-            block_adapters = [None] * depth
-        if len(block_adapters) != depth:
-            raise ValueError(f"got {len(block_adapters)} block adapters for an encoder of {depth} blocks")
+        adapters = _check_adapters(block_adapters, depth)
         if out_indices is None:
-            out_indices = [i for i, blk in enumerate(encoder.blocks) if blk.window_size == 0]
-        if any(not 0 <= i < depth for i in out_indices):
-            raise ValueError(f"out_indices {list(out_indices)} outside 0..{depth - 1}")
+            out_indices = [depth * (i + 1) // 4 - 1 for i in range(4)] if depth >= 4 else range(depth)
+        self.out_indices = _check_out_indices(out_indices, depth, "blocks")
         self.patch_embed = encoder.patch_embed
         self.pos_embed = encoder.pos_embed
-        self.blocks = nn.ModuleList(AdaptedBlock(b, a) for b, a in zip(encoder.blocks, block_adapters, strict=True))
+        self.blocks = nn.ModuleList(
+            AdaptedViTBlock(b, a, max_bias_elements) for b, a in zip(encoder.blocks, adapters, strict=True)
+        )
         self.neck = encoder.neck
         self.slice_embedding = slice_embedding
-        self.out_indices = tuple(out_indices)
         self.gradient_checkpointing = gradient_checkpointing
         self.img_size = encoder.img_size
         patch = encoder.patch_embed.proj.kernel_size[0]
@@ -163,11 +272,7 @@ class SamViTEncoder3D(nn.Module):
 
     def forward(self, x: torch.Tensor, num_slices: int) -> list[torch.Tensor]:
         """``x (B*D, 3, S, S)`` -> ``[block outputs (B*D, C, S/16, S/16)..., neck (B*D, 256, S/16, S/16)]``."""
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
-            raise ValueError(
-                f"expected (B*D, 3, {self.img_size}, {self.img_size}) slices for this encoder, got {tuple(x.shape)}"
-            )
-        check_num_slices(x.shape[0], num_slices)
+        _check_slices(x, self.img_size, num_slices)
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
@@ -183,73 +288,120 @@ class SamViTEncoder3D(nn.Module):
 
 
 class TinyViTEncoder3D(nn.Module):
-    """LiteMedSAM's TinyViT encoder over stacks of slices, with an adapter after each attention block.
+    """LiteMedSAM's TinyViT encoder over stacks of slices, with :class:`BlockAdapters` in its attention blocks.
 
-    TinyViT's blocks differ from SAM's ViT blocks (local convolution between attention and MLP), so the
-    adapters (``(tokens, num_slices) -> delta`` modules such as :class:`masksam.adapters.DepthConvAdapter3D`)
-    act on each block's output of stages 1-3; stage 0 (MBConv at full resolution) stays as it is.
+    Stage 0 (MBConv at full resolution) runs as it is; each block of the three attention stages is an
+    :class:`AdaptedTinyViTBlock`.
 
     Args:
         encoder: the image encoder of :func:`masksam.backbones.build_lite_medsam`.
-        stage_adapters: per attention stage (3), a sequence of adapters (one per block) or None.
-        slice_embedding: optional per-slice embedding added to the stage-0 output tokens (128 channels).
-        gradient_checkpointing: recompute stage activations in the backward pass.
+        block_adapters: one :class:`BlockAdapters` (or None) per attention block, in order; default none.
+        slice_embedding: optional per-slice embedding added to the stage-0 output tokens.
+        out_indices: stages (0-3) whose outputs are returned besides the neck; default all four.
+        gradient_checkpointing: recompute block activations in the backward pass.
+
+    Attributes:
+        feature_channels, feature_strides: channels and strides of the returned features, neck last.
     """
 
     def __init__(
         self,
         encoder: nn.Module,
-        stage_adapters: Sequence[Sequence[nn.Module] | None] | None = None,
+        block_adapters: Sequence[BlockAdapters | None] | None = None,
         slice_embedding: nn.Module | None = None,
+        out_indices: Sequence[int] | None = None,
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        self.encoder = encoder
-        stages = list(encoder.layers)[1:]
-        if stage_adapters is None:
-            stage_adapters = [None] * len(stages)
-        if len(stage_adapters) != len(stages):
-            raise ValueError(
-                f"got adapters for {len(stage_adapters)} stages, TinyViT has {len(stages)} attention stages"
-            )
-        self.stage_adapters = nn.ModuleList()
-        for stage, adapters in zip(stages, stage_adapters, strict=True):
-            adapters = list(adapters) if adapters is not None else []
-            if adapters and len(adapters) != len(stage.blocks):
-                raise ValueError(f"a stage of {len(stage.blocks)} blocks got {len(adapters)} adapters")
-            self.stage_adapters.append(nn.ModuleList(adapters))
+        layers = list(encoder.layers)
+        blocks = [blk for layer in layers[1:] for blk in layer.blocks]
+        adapters = iter(_check_adapters(block_adapters, len(blocks)))
+        self.patch_embed = encoder.patch_embed
+        self.stem = layers[0]
+        self.stages = nn.ModuleList(
+            nn.ModuleList(AdaptedTinyViTBlock(blk, next(adapters)) for blk in layer.blocks) for layer in layers[1:]
+        )
+        self.downsamples = nn.ModuleList(layer.downsample or nn.Identity() for layer in layers[1:])
+        self.neck = encoder.neck
+        self.out_indices = _check_out_indices(range(len(layers)) if out_indices is None else out_indices, 4, "stages")
         self.slice_embedding = slice_embedding
         self.gradient_checkpointing = gradient_checkpointing
         self.img_size = encoder.img_size
-        self.feature_channels = [128, 160, 320, 320, 256]
-        self.feature_strides = [2, 4, 4, 4, 4]
+        # Stage i ends at the resolution stage i + 1 starts at (the last one keeps its own).
+        sides = [layer.input_resolution[0] for layer in layers[1:]] + [layers[-1].input_resolution[0]]
+        self.sides = sides  # token-grid side after each stage
+        widths = [layer.downsample.out_dim if layer.downsample is not None else layer.dim for layer in layers]
+        self.feature_channels = [widths[i] for i in self.out_indices] + [encoder.neck[0].out_channels]
+        self.feature_strides = [self.img_size // sides[i] for i in self.out_indices] + [self.img_size // sides[-1]]
+        self.embed_dim = widths[0]
 
     @staticmethod
-    def _grid(tokens: torch.Tensor) -> torch.Tensor:
-        n, length, c = tokens.shape
-        side = int(round(length**0.5))
-        return tokens.reshape(n, side, side, c)
+    def _grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
+        return tokens.reshape(tokens.shape[0], side, -1, tokens.shape[-1])
 
-    def _run_stage(self, x: torch.Tensor, stage: nn.Module, adapters: nn.ModuleList, num_slices: int) -> torch.Tensor:
-        for i, blk in enumerate(stage.blocks):
-            x = blk(x)
-            if len(adapters):
-                x = x + adapters[i](self._grid(x), num_slices).reshape(x.shape)
-        return stage.downsample(x) if stage.downsample is not None else x
+    def _run_stage(self, x: torch.Tensor, blocks: nn.ModuleList, num_slices: int) -> torch.Tensor:
+        for blk in blocks:
+            x = maybe_checkpoint(self.gradient_checkpointing, blk, x, num_slices)
+        return x
 
     def forward(self, x: torch.Tensor, num_slices: int) -> list[torch.Tensor]:
-        """``x (B*D, 3, S, S)`` -> ``[stage outputs..., neck (B*D, 256, S/4, S/4)]``, channels-first."""
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
-            raise ValueError(
-                f"expected (B*D, 3, {self.img_size}, {self.img_size}) slices for this encoder, got {tuple(x.shape)}"
-            )
-        check_num_slices(x.shape[0], num_slices)
-        x = self.encoder.layers[0](self.encoder.patch_embed(x))
+        """``x (B*D, 3, S, S)`` -> ``[stage outputs (B*D, C_i, h_i, w_i)..., neck (B*D, 256, S/4, S/4)]``."""
+        _check_slices(x, self.img_size, num_slices)
+        grid = self._grid(self.stem(self.patch_embed(x)), self.sides[0])  # stage 0 ends as (N, L, C) tokens
         if self.slice_embedding is not None:
-            x = self.slice_embedding(x)
-        feats = [self._grid(x).permute(0, 3, 1, 2)]
-        for stage, adapters in zip(list(self.encoder.layers)[1:], self.stage_adapters, strict=True):
-            x = maybe_checkpoint(self.gradient_checkpointing, self._run_stage, x, stage, adapters, num_slices)
-            feats.append(self._grid(x).permute(0, 3, 1, 2))
-        feats.append(self.encoder.neck(feats[-1]))
-        return feats
+            grid = self.slice_embedding(grid)
+        stage_outputs = [grid]
+        for i, (blocks, downsample) in enumerate(zip(self.stages, self.downsamples, strict=True), start=1):
+            grid = self._run_stage(grid, blocks, num_slices)
+            if not isinstance(downsample, nn.Identity):
+                grid = self._grid(downsample(grid.permute(0, 3, 1, 2)), self.sides[i])
+            stage_outputs.append(grid)
+        feats = [stage_outputs[i].permute(0, 3, 1, 2) for i in self.out_indices]
+        return feats + [self.neck(stage_outputs[-1].permute(0, 3, 1, 2))]
+
+
+def build_encoder3d(
+    image_encoder: nn.Module,
+    block_adapters: BlockAdapterFactory | None = None,
+    slice_embedding: int | None = None,
+    out_indices: Sequence[int] | None = None,
+    gradient_checkpointing: bool = False,
+) -> SamViTEncoder3D | TinyViTEncoder3D:
+    """Wrap a built SAM-family image encoder as a slice-stack encoder with adapters in its blocks.
+
+    Args:
+        image_encoder: ``build_sam(name, ...).image_encoder`` for any backbone: a ``segment_anything``
+            ``ImageEncoderViT`` (ViT-B/L/H, MedSAM, tiny) or LiteMedSAM's TinyViT.
+        block_adapters: called with each transformer block's token width, in order, to make its
+            :class:`BlockAdapters` (the presets of :mod:`masksam.adapters.presets`); None: no adapters.
+        slice_embedding: when given, the number of slices D of a learnable per-slice embedding
+            (zero-initialised) added to the tokens before the first transformer block.
+        out_indices: feature levels returned besides the neck: blocks of a ViT (default: the last of each
+            quarter of the depth), stages of TinyViT (default: all four).
+        gradient_checkpointing: recompute each block in the backward pass.
+
+    Returns:
+        a module mapping ``(B*D, 3, S, S)`` and ``num_slices`` to a list of channels-first features, neck
+        last, with ``feature_channels`` and ``feature_strides``.
+    """
+    if isinstance(image_encoder, ImageEncoderViT):
+        blocks = list(image_encoder.blocks)
+        width = image_encoder.patch_embed.proj.out_channels
+        family: Callable[..., SamViTEncoder3D | TinyViTEncoder3D] = SamViTEncoder3D
+        dims = [width] * len(blocks)
+    elif hasattr(image_encoder, "layers") and hasattr(image_encoder, "neck"):
+        layers = list(image_encoder.layers)
+        width = layers[0].downsample.out_dim
+        family = TinyViTEncoder3D
+        dims = [layer.dim for layer in layers[1:] for _ in layer.blocks]
+    else:
+        raise TypeError(f"expected a SAM ViT or LiteMedSAM TinyViT image encoder, got {type(image_encoder).__name__}")
+    adapters = [block_adapters(dim) for dim in dims] if block_adapters is not None else None
+    embedding = SliceEmbedding(slice_embedding, width) if slice_embedding is not None else None
+    return family(
+        image_encoder,
+        block_adapters=adapters,
+        slice_embedding=embedding,
+        out_indices=out_indices,
+        gradient_checkpointing=gradient_checkpointing,
+    )

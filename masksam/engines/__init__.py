@@ -6,13 +6,23 @@ from __future__ import annotations
 
 from masksam.engines.checkpoint import TrainingCheckpointHandler, latest_checkpoint
 from masksam.engines.logging_utils import log_parameter_counts
-from masksam.engines.weights import SETTING_HINTS, ModelWeightsLoader, check_state_dict
+from masksam.engines.weights import (
+    SETTING_NAMES,
+    ModelWeightsLoader,
+    check_state_dict,
+    checked_state_dict,
+    load_network_weights,
+    unwrap,
+)
 
 __all__ = [
-    "SETTING_HINTS",
+    "SETTING_NAMES",
     "ModelWeightsLoader",
     "TrainingCheckpointHandler",
     "check_state_dict",
+    "checked_state_dict",
     "latest_checkpoint",
+    "load_network_weights",
     "log_parameter_counts",
+    "unwrap",
 ]

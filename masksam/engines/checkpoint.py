@@ -19,6 +19,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
+from masksam.engines.weights import checked_state_dict
+
 __all__ = ["latest_checkpoint", "TrainingCheckpointHandler"]
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ class TrainingCheckpointHandler:
             logger.info("no checkpoint in %s: training from scratch", self.ckpt_dir)
             return
         state = torch.load(path, map_location="cpu", weights_only=True)
+        if "model" in state and "model" in self.objects:  # a network of other settings: say which, and the file
+            state["model"] = checked_state_dict(self.objects["model"], state["model"], repr(path))
         max_epochs = engine.state.max_epochs  # a resumed run may be asked to train longer than the saved one
         Checkpoint.load_objects(to_load=self.objects, checkpoint=state)
         engine.state.max_epochs = max_epochs

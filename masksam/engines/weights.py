@@ -1,18 +1,21 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
 """Load trained weights into a bundle's network, with errors that say which setting differs.
 
-MONAI's ``CheckpointLoader`` reports a wrong checkpoint as PyTorch's ``size mismatch for
-network.decoder.class_head.linear.weight ...``. :class:`ModelWeightsLoader` checks the file first and
-names the file, the keys and, where a key identifies one, the config setting to change, e.g.
-``model.pt was trained with num_classes=4, this config has num_classes=3 (set --num_classes 4)``.
+Every network of this package records the settings it was built with and carries them in its state
+dict (:mod:`masksam.networks.settings`). :func:`check_state_dict` compares them with the network at hand
+before anything is loaded, and names the file, each setting that differs and the override that fixes
+it, e.g. ``models/model.pt was built with other settings than this config's network: trained with
+num_classes=4, this config has 3 (set --num_classes 4)``. Weights of another network or backbone are
+reported by their missing/unexpected keys and shapes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from ignite.engine import Engine
@@ -21,43 +24,82 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from masksam.backbones.sam import CheckpointError, read_state_dict
+from masksam.networks.settings import (
+    EXTRA_STATE_SUFFIX,
+    RecordsBuildSettings,
+    build_settings_differences,
+    decode_build_settings,
+)
 
-__all__ = ["SETTING_HINTS", "ModelWeightsLoader", "check_state_dict"]
+__all__ = [
+    "SETTING_NAMES",
+    "ModelWeightsLoader",
+    "check_state_dict",
+    "checked_state_dict",
+    "load_network_weights",
+    "unwrap",
+]
 
 logger = logging.getLogger(__name__)
 
-#: (key pattern, setting, how to read the setting from a tensor shape) for the networks of this package.
-SETTING_HINTS: tuple[tuple[str, str, int, int, int], ...] = (
-    # pattern, setting, dim of the shape that holds it, scale, offset: value = shape[dim] * scale + offset
-    (r"class_head\.linear\.weight$", "num_classes", 0, 1, -1),  # K classes + "no object"
-    (r"prompt_generator\.mask_head\.weight$", "num_queries", 0, 1, 0),
-    (r"slice_embedding\.embedding$", "num_slices", 0, 1, 0),
-    (r"stem\.block\.conv\.weight$", "in_channels", 1, 1, 0),
-    (r"encoder\.pos_embed$", "patch_size", 1, 16, 0),  # ViT grid of 16-pixel patches
-)
+#: Builder arguments that the bundles' and templates' configs set under another name.
+SETTING_NAMES: dict[str, str] = {"image_size": "patch_size"}
 
 
-def _hint(key: str, saved: Sequence[int], wanted: Sequence[int]) -> str:
-    for pattern, setting, dim, scale, offset in SETTING_HINTS:
-        if re.search(pattern, key) and len(saved) > dim and len(wanted) > dim:
-            was, now = saved[dim] * scale + offset, wanted[dim] * scale + offset
-            return f"; the checkpoint was trained with {setting}={was}, this config has {now} (set --{setting} {was})"
-    return ""
+def _cli(value: Any) -> str:
+    """A value as it is typed after ``--key`` on the ``monai.bundle`` command line."""
+    if isinstance(value, (list, dict)):
+        return '"' + json.dumps(value, separators=(",", ":")) + '"'
+    return str(value)
 
 
-def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+def _recording_modules(model: nn.Module) -> list[tuple[str, RecordsBuildSettings]]:
+    """``(state-dict key of the build settings, module)`` for every module of ``model`` that records them."""
+    return [
+        (f"{name}.{EXTRA_STATE_SUFFIX}" if name else EXTRA_STATE_SUFFIX, module)
+        for name, module in model.named_modules()
+        if isinstance(module, RecordsBuildSettings) and module.build_record is not None
+    ]
+
+
+def _settings_report(model: nn.Module, state: Mapping[str, Any], names: Mapping[str, str]) -> list[str]:
+    lines = []
+    for key, module in _recording_modules(model):
+        saved = decode_build_settings(state.get(key))
+        if saved is None:
+            continue
+        for setting, was, now in build_settings_differences(saved, module.build_record or {}):
+            if setting == "builder":
+                lines.append(f"it holds a network of {was}, this config builds {now}")
+                continue
+            name = names.get(setting, setting)
+            lines.append(f"trained with {name}={was!r}, this config has {now!r} (set --{name} {_cli(was)})")
+    return lines
+
+
+def check_state_dict(
+    model: nn.Module, state: Mapping[str, Any], source: str, setting_names: Mapping[str, str] | None = None
+) -> None:
     """Raise :class:`CheckpointError` unless ``state`` loads strictly into ``model``.
 
-    The message names ``source``, the first differing keys with both shapes, the config setting a key
-    stands for (:data:`SETTING_HINTS`), and missing/unexpected keys (another backbone or another network).
+    First the recorded build settings (when both sides have them): the message names ``source``, each
+    setting that differs and the override that fixes it (config names from ``setting_names``, default
+    :data:`SETTING_NAMES`). Then the keys: the first tensors that differ in shape, and missing/unexpected
+    keys (another backbone or another network). A state dict without recorded settings (saved before
+    they existed) is checked by its keys and shapes alone.
     """
+    names = SETTING_NAMES if setting_names is None else setting_names
+    settings = _settings_report(model, state, names)
+    if settings:
+        raise CheckpointError(
+            f"{source} was built with other settings than this config's network:\n  " + "\n  ".join(settings)
+        )
     own = model.state_dict()
     lines = []
     for key, value in state.items():
-        if key in own and tuple(own[key].shape) != tuple(value.shape):
-            saved, wanted = tuple(value.shape), tuple(own[key].shape)
-            lines.append(f"{key}: checkpoint {saved}, model {wanted}{_hint(key, saved, wanted)}")
-    missing = [k for k in own if k not in state]
+        if key in own and key.rsplit(".", 1)[-1] != EXTRA_STATE_SUFFIX and tuple(own[key].shape) != tuple(value.shape):
+            lines.append(f"{key}: checkpoint {tuple(value.shape)}, model {tuple(own[key].shape)}")
+    missing = [k for k in own if k not in state and k.rsplit(".", 1)[-1] != EXTRA_STATE_SUFFIX]
     unexpected = [k for k in state if k not in own]
     if not (lines or missing or unexpected):
         return
@@ -71,6 +113,35 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
             "it holds another network or backbone (check --backbone) or is not a trained bundle model"
         )
     raise CheckpointError(f"{source} does not fit this config's network. " + "\n".join(parts))
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The network inside ``DistributedDataParallel``/``DataParallel`` (trained weights are saved from it)."""
+    return network.module if isinstance(network, (nn.DataParallel, DistributedDataParallel)) else network
+
+
+def checked_state_dict(
+    network: nn.Module, state: Mapping[str, Any], source: str, setting_names: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """``state`` checked against ``network`` (:func:`check_state_dict`; ``network`` unwrapped from DDP), ready to load.
+
+    Weights saved before build settings were recorded get the network's own settings filled in.
+    """
+    network = unwrap(network)
+    check_state_dict(network, state, source, setting_names)
+    full = dict(state)
+    for key, module in _recording_modules(network):
+        if key not in full:
+            logger.warning("%s holds no build settings (saved by an older version): checked by shapes only", source)
+            full[key] = module.get_extra_state()
+    return full
+
+
+def load_network_weights(
+    network: nn.Module, state: Mapping[str, Any], source: str, setting_names: Mapping[str, str] | None = None
+) -> None:
+    """Load ``state`` into ``network`` (unwrapped from DDP) after :func:`checked_state_dict`, on the network's device."""
+    unwrap(network).load_state_dict(checked_state_dict(network, state, source, setting_names))
 
 
 class ModelWeightsLoader(CheckpointLoader):
@@ -105,12 +176,5 @@ class ModelWeightsLoader(CheckpointLoader):
                 f"model weights not found: {self.load_path!r} (train the bundle first, or point the config at them)"
             )
         state = read_state_dict(self.load_path)  # a plain state dict, or the one under "model"
-        # Trained weights are saved from the plain network: unwrap DistributedDataParallel/DataParallel.
-        network = (
-            self.network.module
-            if isinstance(self.network, (nn.DataParallel, DistributedDataParallel))
-            else self.network
-        )
-        check_state_dict(network, state, repr(self.load_path))
-        network.load_state_dict(state)  # copies into the network's tensors, on its device
+        load_network_weights(self.network, state, repr(self.load_path))
         logger.info("loaded %d tensors from %s", len(state), self.load_path)

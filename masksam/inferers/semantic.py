@@ -28,14 +28,7 @@ def semantic_scores(pred_logits: torch.Tensor, pred_masks: torch.Tensor) -> torc
         )
     with torch.autocast(pred_masks.device.type, enabled=False):  # float32 under autocast too
         probs = pred_logits.float().softmax(dim=-1)[..., :-1]
-        if torch.is_grad_enabled():
-            return torch.einsum("nqk,nqhw->nkhw", probs, pred_masks.float().sigmoid())
-        # Without autograd one slice at a time: the sigmoid masks never exist for all slices at once.
-        n, _, h, w = pred_masks.shape
-        out = probs.new_empty((n, probs.shape[-1], h, w))
-        for i in range(n):
-            torch.matmul(probs[i].t(), pred_masks[i].float().sigmoid().flatten(1), out=out[i].view(-1, h * w))
-        return out
+        return torch.einsum("nqk,nqhw->nkhw", probs, pred_masks.float().sigmoid())
 
 
 class SemanticWrapper(nn.Module):
@@ -65,5 +58,5 @@ class SemanticWrapper(nn.Module):
         scores = semantic_scores(out["pred_logits"], out["pred_masks"])  # (B*D, K, H, W)
         if self.normalize:
             total = scores.sum(dim=1, keepdim=True).clamp_min(self.eps)
-            scores = scores / total if torch.is_grad_enabled() else scores.div_(total)
+            scores = scores / total
         return scores.reshape(b, d, *scores.shape[1:]).permute(0, 2, 3, 4, 1)

@@ -1,26 +1,48 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
-"""Networks: one assembly per method, plus their shared parts."""
+"""Networks: one assembly per method, plus their shared parts.
+
+Shared: :mod:`~masksam.networks.mask_decoder` (SAM's two-way decoder with adapter slots) and
+:mod:`~masksam.networks.settings` (build settings that travel with the weights). Per method:
+:mod:`~masksam.networks.masksam` with its :mod:`~masksam.networks.prompt_generator`.
+"""
 
 from __future__ import annotations
 
-from masksam.networks.blocks import ChannelsLastInstanceNorm3d, PatchConvTranspose3d, is_channels_last_3d
-from masksam.networks.mask_decoder import ClassHead, DecoderLayerAdapters, MaskClassificationDecoder, MaskHead3D
-from masksam.networks.masksam import MASKSAM_OUTPUT_KEYS, MaskSAM, Stem3D, build_masksam
-from masksam.networks.prompt_generator import ConvBlock3D, PromptGenerator3D, learned_box
+from masksam.networks.mask_decoder import AdaptedTwoWayTransformer, hypernetwork_masks
+from masksam.networks.masksam import (
+    MASKSAM_OUTPUT_KEYS,
+    ClassHead,
+    MaskClassificationDecoder,
+    MaskHead3D,
+    MaskSAM,
+    Stem3D,
+    build_masksam,
+)
+from masksam.networks.prompt_generator import PromptGenerator3D, conv_block, learned_box
+from masksam.networks.settings import (
+    EXTRA_STATE_SUFFIX,
+    RecordsBuildSettings,
+    build_settings_differences,
+    decode_build_settings,
+    records_build_settings,
+)
 
 __all__ = [
-    "ChannelsLastInstanceNorm3d",
+    "AdaptedTwoWayTransformer",
     "ClassHead",
-    "DecoderLayerAdapters",
+    "EXTRA_STATE_SUFFIX",
+    "MASKSAM_OUTPUT_KEYS",
     "MaskClassificationDecoder",
     "MaskHead3D",
-    "MASKSAM_OUTPUT_KEYS",
     "MaskSAM",
-    "PatchConvTranspose3d",
-    "is_channels_last_3d",
+    "PromptGenerator3D",
+    "RecordsBuildSettings",
     "Stem3D",
     "build_masksam",
-    "ConvBlock3D",
-    "PromptGenerator3D",
+    "build_settings_differences",
+    "conv_block",
+    "decode_build_settings",
+    "hypernetwork_masks",
     "learned_box",
+    "records_build_settings",
 ]

@@ -17,42 +17,20 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from masksam.backbones.checkpointing import may_reuse_outputs, maybe_checkpoint
-from masksam.networks.blocks import ChannelsLastInstanceNorm3d, PatchConvTranspose3d, is_channels_last_3d
+from masksam.backbones.checkpointing import maybe_checkpoint
 
-__all__ = ["PromptGenerator3D", "ConvBlock3D", "learned_box"]
-
-
-class ConvBlock3D(nn.Sequential):
-    """3x3x3 convolution, instance norm, LeakyReLU (MONAI ``Convolution``).
-
-    Without autograd a channels-last input stays channels-last and, where no hook can see them, the norm and
-    the activation work in place on the convolution's output.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        block = Convolution(
-            spatial_dims=3,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            kernel_size=3,
-            norm="instance",
-            act=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
-        )
-        block.adn.N = ChannelsLastInstanceNorm3d(out_channels)  # MONAI's default instance norm, same arguments
-        super().__init__(block)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        block = self[0]
-        adn = block.adn
-        if not may_reuse_outputs(block, block.conv, adn, adn.N, adn.A):
-            return super().forward(x)
-        # Nobody else sees the convolution's output: normalise it in place (the activation is in place too).
-        return adn.A(adn.N.forward_inplace(block.conv(x)))
+__all__ = ["PromptGenerator3D", "conv_block", "learned_box"]
 
 
-def _up(in_channels: int, out_channels: int) -> PatchConvTranspose3d:
-    return PatchConvTranspose3d(in_channels, out_channels, kernel_size=(1, 2, 2))
+def conv_block(in_channels: int, out_channels: int) -> Convolution:
+    """3x3x3 convolution, instance norm, LeakyReLU (MONAI ``Convolution``)."""
+    act = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
+    return Convolution(3, in_channels, out_channels, kernel_size=3, norm="instance", act=act)
+
+
+def _up(in_channels: int, out_channels: int) -> nn.ConvTranspose3d:
+    """In-plane up-sampling x2: a ``(1, 2, 2)`` transposed convolution of stride ``(1, 2, 2)``."""
+    return nn.ConvTranspose3d(in_channels, out_channels, kernel_size=(1, 2, 2), stride=(1, 2, 2))
 
 
 def _num_doublings(ratio: float, what: str) -> int:
@@ -68,19 +46,6 @@ def learned_box(raw: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1, y1, x1 + (1 - x1) * a, y1 + (1 - y1) * b], dim=-1)
 
 
-def _pool_in_plane(x: torch.Tensor, side: int) -> torch.Tensor:
-    """Adaptive average pooling of ``(B, C, D, H, W)`` to ``(B, C, D, side, side)``.
-
-    When ``side`` divides H and W the windows are equal blocks: their means are taken on the channels-last
-    view, which on CPU is ~10x faster than ``adaptive_avg_pool3d`` on a channels-last tensor.
-    """
-    b, c, d, h, w = x.shape
-    if h % side or w % side or not is_channels_last_3d(x):
-        return F.adaptive_avg_pool3d(x, (d, side, side))
-    blocks = x.permute(0, 2, 3, 4, 1).reshape(b, d, side, h // side, side, w // side, c)
-    return blocks.mean(dim=(3, 5)).permute(0, 4, 1, 2, 3)
-
-
 class _Skip(nn.Sequential):
     """Project an encoder feature to ``out_channels`` and up-sample it ``num_up`` times in-plane."""
 
@@ -88,10 +53,10 @@ class _Skip(nn.Sequential):
         layers: list[nn.Module] = []
         c = in_channels
         for _ in range(num_up):
-            layers += [_up(c, out_channels), ConvBlock3D(out_channels, out_channels)]
+            layers += [_up(c, out_channels), conv_block(out_channels, out_channels)]
             c = out_channels
         if not layers:
-            layers = [ConvBlock3D(in_channels, out_channels)]
+            layers = [conv_block(in_channels, out_channels)]
         super().__init__(*layers)
 
 
@@ -144,7 +109,7 @@ class PromptGenerator3D(nn.Module):
             )
         self.num_queries = num_queries
         self.token_side = token_side
-        self.neck_stage = ConvBlock3D(feature_channels[-1], widths[0])
+        self.neck_stage = conv_block(feature_channels[-1], widths[0])
         self.ups = nn.ModuleList()
         self.skips = nn.ModuleList()
         self.fuse = nn.ModuleList()
@@ -154,7 +119,7 @@ class PromptGenerator3D(nn.Module):
             self.skips.append(
                 _Skip(skip_channels, widths[s], _num_doublings(skip_stride / target_stride, "skip stride"))
             )
-            self.fuse.append(ConvBlock3D(2 * widths[s], widths[s]))
+            self.fuse.append(conv_block(2 * widths[s], widths[s]))
         total = sum(widths)
         self.mask_head = nn.Conv3d(widths[-1], num_queries, kernel_size=1)
         self.box_head = nn.Sequential(
@@ -180,12 +145,9 @@ class PromptGenerator3D(nn.Module):
             ``(x1, y1, x2, y2)`` with ``x2 >= x1``, ``y2 >= y1``, and ``aux_tokens`` ``(B, Q, D, token_dim)``.
         """
 
-        def stack(f: torch.Tensor) -> torch.Tensor:  # (B*D, C, h, w) -> (B, C, D, h, w), channels-last
+        def stack(f: torch.Tensor) -> torch.Tensor:  # (B*D, C, h, w) -> (B, C, D, h, w)
             n, c, h, w = f.shape
-            f = f.reshape(n // num_slices, num_slices, c, h, w).transpose(1, 2)
-            # The ViT's tokens are channels-last already (then this is a view); the whole generator runs
-            # channels-last, where CPU convolutions are faster (docs/performance.md).
-            return f.contiguous(memory_format=torch.channels_last_3d)
+            return f.reshape(n // num_slices, num_slices, c, h, w).transpose(1, 2)
 
         ckpt = self.gradient_checkpointing
         x = maybe_checkpoint(ckpt, self.neck_stage, stack(feats[-1]))
@@ -193,24 +155,16 @@ class PromptGenerator3D(nn.Module):
         skip_feats = list(feats[:-1])[::-1]
         for up, skip, fuse, f in zip(self.ups, self.skips, self.fuse, skip_feats, strict=False):
             skipped = stack(f)
-            # Conv blocks are checkpointed one by one (a recomputation never holds a whole stage); a lone
-            # transposed conv keeps its input for its weight gradient anyway, so recomputing it saves nothing.
+            # Conv blocks are recomputed one by one; a transposed convolution keeps its input for its weight
+            # gradient anyway, so recomputing it would save nothing.
             for layer in skip:
-                skipped = maybe_checkpoint(ckpt, layer, skipped) if isinstance(layer, ConvBlock3D) else layer(skipped)
+                skipped = maybe_checkpoint(ckpt and isinstance(layer, Convolution), layer, skipped)
             x = maybe_checkpoint(ckpt, fuse, torch.cat([up(x), skipped], dim=1))
             stages.append(x)
+        d = x.shape[2]
         side, box = self.token_side, self.box_pool
-        token_maps = [_pool_in_plane(s, side) for s in stages]
-        # Where a stage splits into equal side x side cells, and those into equal box x box groups, the
-        # box pooling is the pooling of the token maps (means of equal-size cells): no second full pass.
-        box_in = torch.cat(
-            [
-                _pool_in_plane(t if s.shape[-2] % side == s.shape[-1] % side == side % box == 0 else s, box)
-                for s, t in zip(stages, token_maps, strict=True)
-            ],
-            dim=1,
-        )
-        token_in = torch.cat(token_maps, dim=1)
+        box_in = torch.cat([F.adaptive_avg_pool3d(s, (d, box, box)) for s in stages], dim=1)
+        token_in = torch.cat([F.adaptive_avg_pool3d(s, (d, side, side)) for s in stages], dim=1)
         raw = torch.sigmoid(self.box_head(box_in))  # (B, Q, D, 2, 2)
         boxes = learned_box(raw.flatten(3))
         tokens = self.token_head(token_in).flatten(3)  # (B, Q, D, side*side)

@@ -15,8 +15,11 @@ from masksam.networks import build_masksam
 
 
 def tiny(**kw) -> nn.Module:
-    settings = {"image_size": 32, "num_slices": 4, "num_queries": 3, "num_classes": 3, **kw}
-    return SemanticWrapper(build_masksam("tiny", generator_widths=[32, 16, 16, 8, 8], mask_head_channels=8, **settings))
+    settings = {
+        "backbone": "tiny", "image_size": 32, "num_slices": 4, "num_queries": 3, "num_classes": 3,
+        "generator_widths": [32, 16, 16, 8, 8], "mask_head_channels": 8, **kw,
+    }  # fmt: skip
+    return SemanticWrapper(build_masksam(**settings))
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +59,42 @@ def test_loads_plain_and_training_checkpoints(saved: tuple[nn.Module, Path], tmp
         ({"num_slices": 2}, r"trained with num_slices=4, this config has 2 \(set --num_slices 4\)"),
         ({"in_channels": 2}, r"trained with in_channels=1, this config has 2 \(set --in_channels 1\)"),
         ({"image_size": 64}, r"trained with patch_size=32, this config has 64 \(set --patch_size 32\)"),
+        (
+            {"backbone": "lite_medsam", "image_size": 64, "generator_widths": None},
+            r"trained with backbone='tiny', this config has 'lite_medsam' \(set --backbone tiny\)",
+        ),
     ],
 )
 def test_another_setting_is_named(saved: tuple[nn.Module, Path], settings: dict, message: str) -> None:
     _, path = saved
     with pytest.raises(CheckpointError, match=message) as info:
         run_loader(path, tiny(**settings))
-    assert str(path) in str(info.value) and "does not fit this config's network" in str(info.value)
+    assert str(path) in str(info.value) and "built with other settings than this config's network" in str(info.value)
+
+
+def test_every_differing_setting_is_listed_with_its_override(saved: tuple[nn.Module, Path]) -> None:
+    _, path = saved
+    with pytest.raises(CheckpointError) as info:
+        run_loader(path, tiny(num_classes=4, generator_widths=[16, 8, 8, 8, 8]))
+    message = str(info.value)
+    assert "trained with num_classes=3" in message
+    assert "trained with generator_widths=[32, 16, 16, 8, 8], this config has [16, 8, 8, 8, 8] " in message
+    assert '(set --generator_widths "[32,16,16,8,8]")' in message
+
+
+def test_weights_saved_before_settings_were_recorded_still_load(
+    saved: tuple[nn.Module, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, _ = saved
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    path = tmp_path / "old.pt"
+    torch.save(old, path)
+    fresh = tiny()
+    run_loader(path, fresh)
+    assert "holds no build settings" in caplog.text
+    torch.testing.assert_close(fresh.state_dict()["network.stem.out.weight"], old["network.stem.out.weight"])
+    with pytest.raises(CheckpointError, match=r"class_head.linear.weight: checkpoint \(4, 64\), model \(5, 64\)"):
+        run_loader(path, tiny(num_classes=4))  # without settings, the shapes still catch it
 
 
 def test_another_network_is_named(saved: tuple[nn.Module, Path], tmp_path: Path) -> None:

@@ -6,11 +6,13 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
+from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 
 from masksam.adapters import Adapter
+from masksam.backbones import CheckpointError
 from masksam.inferers import SemanticWrapper
 from masksam.losses import HungarianMatcher, SetCriterion, slice_targets, volume_to_slices
-from masksam.networks import MASKSAM_OUTPUT_KEYS, build_masksam
+from masksam.networks import MASKSAM_OUTPUT_KEYS, MaskClassificationDecoder, build_masksam
 
 TINY = {"backbone": "tiny", "generator_widths": [32, 16, 16, 8, 8], "mask_head_channels": 8}
 
@@ -56,8 +58,8 @@ def test_slices_are_ordered_batch_major() -> None:
     assert not torch.allclose(a[4:], b[4:])
 
 
-def test_chunked_decoding_equals_decoding_all_problems_at_once() -> None:
-    """Without autograd the prompt encoder and decoder run query chunk by query chunk: same outputs."""
+def test_query_chunks_give_the_outputs_of_decoding_all_queries_at_once() -> None:
+    """``query_chunk_size`` bounds the decoder's memory; chunks of 1 and 2 queries (the last alone) change nothing."""
     torch.manual_seed(0)
     model = tiny_masksam(num_queries=5).eval()
     with torch.no_grad():  # adapters start at zero: the slice-mixing ones must add something here
@@ -66,23 +68,56 @@ def test_chunked_decoding_equals_decoding_all_problems_at_once() -> None:
                 for param in module.parameters():
                     param.normal_(0, 0.2)
     x = torch.randn(2, 1, 32, 32, 4)
-    per_query = 4 * model.decoder.decoder.transformer_dim * 2 * 2  # D slices x C x (32/16)^2 tokens
-    outputs, chunks = [], []
+    outputs, problems = [], []
+    hook = model.decoder.register_forward_pre_hook(lambda _m, args: problems.append(args[0].shape[0]))
     with torch.no_grad():
-        for limit in (per_query, 2 * per_query, None):  # one query per chunk, two (the last alone), all
-            model.decode_chunk_elements = limit
-            chunks.append(model._decode_chunks(2, 5, per_query))
+        for chunk in (1, 2, None):
+            model.query_chunk_size = chunk
             outputs.append(model(x))
-    assert chunks[0] == [(slice(b, b + 1), slice(q, q + 1)) for b in range(2) for q in range(5)]
-    assert chunks[1][:3] == [(slice(0, 1), slice(0, 2)), (slice(0, 1), slice(2, 4)), (slice(0, 1), slice(4, 5))]
-    assert chunks[2] == [(slice(0, 2), slice(0, 5))]
-    assert model._decode_chunks(2, 5, per_query) == chunks[2]  # under autograd: all at once
-    model.decode_chunk_elements = per_query
-    assert model._decode_chunks(2, 5, per_query) == chunks[2]
-    assert tiny_masksam(decode_chunk_elements=None).decode_chunk_elements is None  # the builder passes it on
+    hook.remove()
+    assert problems == [2 * 4] * 5 + [2 * 2 * 4] * 2 + [2 * 4] + [2 * 5 * 4]  # B * queries * D per call
     for key in MASKSAM_OUTPUT_KEYS:
         for chunked in outputs[:2]:
             torch.testing.assert_close(chunked[key], outputs[2][key], rtol=1e-5, atol=1e-5)
+    assert tiny_masksam(query_chunk_size=3).query_chunk_size == 3  # the builder passes it on
+    with pytest.raises(ValueError, match="query_chunk_size must be >= 1"):
+        tiny_masksam(query_chunk_size=0)
+
+
+def test_decoder_reproduces_sams_decoder_with_a_classifier_token() -> None:
+    """Zero-initialised adapters: SAM's two-way transformer and mask of the first mask token; the class logits
+    are the linear classifier on the output of the classifier token (global + auxiliary)."""
+    torch.manual_seed(0)
+    dim, d, h, w, q = 32, 3, 4, 5, 2
+    transformer = TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=4)
+    sam = MaskDecoder(transformer_dim=dim, transformer=transformer, num_multimask_outputs=3).eval()
+    dec = MaskClassificationDecoder(sam, num_classes=4, num_slices=d, adapter_dim=8).eval()
+    n = q * d
+    emb, pe = torch.randn(n, dim, h, w), torch.randn(d, dim, h, w)
+    prompts, aux = torch.randn(n, 2, dim), torch.randn(n, dim)
+    with torch.no_grad():
+        logits, masks = dec(emb, pe, prompts, aux)
+        fixed = torch.cat([sam.iou_token.weight, sam.mask_tokens.weight], dim=0).expand(n, -1, -1)
+        tokens = torch.cat([fixed, prompts, (dec.class_head.token + aux).unsqueeze(1)], dim=1)
+        queries, keys = sam.transformer(emb, pe.repeat(q, 1, 1, 1), tokens)  # problem i has slice i % d
+        upscaled = sam.output_upscaling(keys.transpose(1, 2).reshape(n, dim, h, w))
+        hyper = sam.output_hypernetworks_mlps[0](queries[:, 1])
+        expected_masks = (hyper[:, None, :] @ upscaled.flatten(2)).reshape(n, 4 * h, 4 * w)
+    torch.testing.assert_close(masks, expected_masks, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, dec.class_head.linear(queries[:, -1]), rtol=1e-4, atol=1e-5)
+
+
+def test_build_settings_are_recorded_without_run_time_switches() -> None:
+    model = tiny_masksam(num_classes=3, gradient_checkpointing=True, query_chunk_size=2)
+    record = model.build_record
+    assert record["builder"] == "masksam.networks.masksam.build_masksam"
+    assert record["settings"]["num_classes"] == 3 and record["settings"]["image_size"] == 32
+    assert record["settings"]["generator_widths"] == [32, 16, 16, 8, 8]
+    assert not {"checkpoint", "gradient_checkpointing", "query_chunk_size", "compile"} & set(record["settings"])
+    other = tiny_masksam(num_classes=3)
+    other.load_state_dict(model.state_dict())  # run-time switches do not stop the weights from loading
+    with pytest.raises(CheckpointError, match="num_classes: weights 3, this network 2"):
+        tiny_masksam().load_state_dict(model.state_dict())
 
 
 def test_multichannel_input() -> None:
@@ -113,7 +148,7 @@ def test_gradients_reach_every_trainable_module_and_no_frozen_weight() -> None:
     for name, p in frozen:
         assert not p.requires_grad and p.grad is None, name
     assert any(n.startswith("prompt_encoder.") for n, _ in frozen)
-    assert any(n.startswith("decoder.decoder.transformer.") for n, _ in frozen)
+    assert any(n.startswith("decoder.transformer.transformer.") for n, _ in frozen)
     assert any(".block.attn.qkv." in n for n, _ in frozen)
 
 
@@ -178,8 +213,8 @@ def test_gradient_checkpointing_recomputes_every_part_with_equal_gradients() -> 
     parts = {
         "encoder block": lambda m: m.encoder.blocks[0],
         "generator stage": lambda m: m.prompt_generator.fuse[-1],
-        "decoder layer": lambda m: m.decoder.layer_adapters[0].token_to_image,
-        "decoder heads": lambda m: m.decoder.decoder.output_upscaling,
+        "decoder layer": lambda m: m.decoder.transformer.layer_adapters[0].token_to_image,
+        "decoder heads": lambda m: m.decoder.output_upscaling,
         "mask head": lambda m: m.mask_head.layers[0],
     }
     results = []
