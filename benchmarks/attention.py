@@ -12,7 +12,7 @@ training step.
 
     python benchmarks/attention.py                          # ViT-B at 512 and 1024 (~3 min, 2 CPU cores)
     python benchmarks/attention.py --sizes 512 --repeats 5
-    python benchmarks/attention.py --sizes 1024 --no-memory --bias-chunk-elements 33554432
+    python benchmarks/attention.py --sizes 1024 --no-memory --max-bias-elements 1   # the augmented form only
     python benchmarks/attention.py --device cuda --dtype bf16 --sizes 1024 2048 --repeats 10
 """
 
@@ -31,13 +31,12 @@ from common import (
 )
 from torch.profiler import ProfilerActivity, profile
 
-import masksam.backbones.attention as attention_module
-from masksam.backbones import SamViTEncoder3D, build_sam, sam_attention
+from masksam.backbones import MAX_BIAS_ELEMENTS, SamViTEncoder3D, build_sam, sam_attention
 
 VARIANTS = ("segment_anything", "ours")
 
 
-def build(backbone: str, size: int, device: torch.device, dtype: torch.dtype, batch: int):
+def build(backbone: str, size: int, device: torch.device, dtype: torch.dtype, batch: int, max_bias: int):
     torch.manual_seed(0)
     encoder = build_sam(backbone, image_size=size).image_encoder
     with torch.no_grad():
@@ -45,16 +44,15 @@ def build(backbone: str, size: int, device: torch.device, dtype: torch.dtype, ba
             blk.attn.rel_pos_h.normal_(0, 0.1)
             blk.attn.rel_pos_w.normal_(0, 0.1)
     encoder = encoder.to(device=device, dtype=dtype).eval()
-    ours = SamViTEncoder3D(encoder).eval()
+    ours = SamViTEncoder3D(encoder, max_bias_elements=max_bias).eval()
     x = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     calls = {"segment_anything": lambda: encoder(x), "ours": lambda: ours(x, batch)[-1]}
     return encoder, calls
 
 
 def measure_child(spec: dict[str, Any]) -> dict[str, Any]:
-    attention_module.BIAS_CHUNK_ELEMENTS = spec["bias_chunk_elements"]
     device, dtype = torch.device(spec["device"]), getattr(torch, spec["dtype"])
-    _, calls = build(spec["backbone"], spec["size"], device, dtype, spec["batch"])
+    _, calls = build(spec["backbone"], spec["size"], device, dtype, spec["batch"], spec["max_bias_elements"])
     with torch.inference_mode():
         return peak_memory_mib(calls[spec["variant"]], device)
 
@@ -78,7 +76,13 @@ def attention_kernels(encoder: torch.nn.Module, device: torch.device, dtype: tor
 
 
 def attention_only(
-    encoder: torch.nn.Module, batch: int, device: torch.device, dtype: torch.dtype, repeats: int, warmup: int
+    encoder: torch.nn.Module,
+    batch: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    repeats: int,
+    warmup: int,
+    max_bias: int,
 ) -> dict[str, dict[str, Any]]:
     """The attention op alone (qkv to proj) of one global and one windowed block, on its real token shapes."""
     grid = encoder.pos_embed.shape[1]
@@ -90,7 +94,10 @@ def attention_only(
         side = grid if blk.window_size == 0 else blk.window_size
         n = batch if blk.window_size == 0 else batch * (-(-grid // blk.window_size)) ** 2
         x = torch.randn(n, side, side, blk.attn.qkv.in_features, device=device, dtype=dtype)
-        calls = {"segment_anything": lambda a=blk.attn, x=x: a(x), "ours": lambda a=blk.attn, x=x: sam_attention(a, x)}
+        calls = {
+            "segment_anything": lambda a=blk.attn, x=x: a(x),
+            "ours": lambda a=blk.attn, x=x: sam_attention(a, x, max_bias_elements=max_bias),
+        }
         with torch.inference_mode():
             t = interleaved_medians(calls, device, repeats, warmup)
         out[kind] = {
@@ -110,17 +117,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 1; 0 from 1024 up)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument(
-        "--bias-chunk-elements",
+        "--max-bias-elements",
         type=int,
-        default=None,
-        help=f"largest relative-position bias built at once (default {attention_module.BIAS_CHUNK_ELEMENTS})",
+        default=MAX_BIAS_ELEMENTS,
+        help="largest additive relative-position bias; above it the augmented form runs (default %(default)s)",
     )
     started = begin_benchmark(parser, measure_child)
     if started is None:
         return
     args, device, dtype, info = started
-    if args.bias_chunk_elements is not None:
-        attention_module.BIAS_CHUNK_ELEMENTS = args.bias_chunk_elements
     print(f"# {args.backbone} image encoder, batch {args.batch}, {device} {str(dtype).removeprefix('torch.')}")
     rows = []
     kernels = None
@@ -128,11 +133,11 @@ def main() -> None:
         large = size >= 1024
         repeats = args.repeats if args.repeats is not None else (2 if large else 3)
         warmup = args.warmup if args.warmup is not None else (0 if large else 1)
-        encoder, calls = build(args.backbone, size, device, dtype, args.batch)
+        encoder, calls = build(args.backbone, size, device, dtype, args.batch, args.max_bias_elements)
         with torch.inference_mode():
             diff = (calls["ours"]().float() - calls["segment_anything"]().float()).abs().max().item()
             times = interleaved_medians(calls, device, repeats, warmup)
-        blocks = attention_only(encoder, args.batch, device, dtype, repeats, warmup)
+        blocks = attention_only(encoder, args.batch, device, dtype, repeats, warmup, args.max_bias_elements)
         if kernels is None:
             kernels = attention_kernels(encoder, device, dtype)
             print(f"# attention kernels of ours: {kernels}")
@@ -147,7 +152,7 @@ def main() -> None:
         }
         if not args.no_memory:
             spec = {"backbone": args.backbone, "size": size, "batch": args.batch, "device": str(device)}
-            spec["bias_chunk_elements"] = attention_module.BIAS_CHUNK_ELEMENTS
+            spec["max_bias_elements"] = args.max_bias_elements
             spec["dtype"] = str(dtype).removeprefix("torch.")
             mem = {
                 v: run_child(__file__, {**spec, "variant": v}, [f"--threads={torch.get_num_threads()}"])
@@ -181,7 +186,7 @@ def main() -> None:
             "batch": args.batch,
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
-            "bias_chunk_elements": attention_module.BIAS_CHUNK_ELEMENTS,
+            "max_bias_elements": args.max_bias_elements,
             "kernels": kernels,
             "rows": rows,
             "machine": info,

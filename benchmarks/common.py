@@ -148,10 +148,15 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> dict[str, An
     return {"peak_mib": (rss_kib("VmHWM") - before) / 1024, "method": method, "rss_before_mib": before / 1024}
 
 
-def run_child(script: str, spec: dict[str, Any], extra_args: list[str] | None = None) -> dict[str, Any]:
-    """Run ``script --child JSON`` in a fresh interpreter and return the dict it printed as ``CHILD {json}``."""
+def run_child(
+    script: str, spec: dict[str, Any], extra_args: list[str] | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run ``script --child JSON`` in a fresh interpreter and return the dict it printed as ``CHILD {json}``.
+
+    ``env``: variables set for the child on top of this process's environment (e.g. ``PYTHONPATH``).
+    """
     cmd = [sys.executable, script, "--child", json.dumps(spec), *(extra_args or [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})})
     for line in proc.stdout.splitlines():
         if line.startswith("CHILD "):
             return json.loads(line[len("CHILD ") :])

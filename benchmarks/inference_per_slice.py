@@ -6,20 +6,29 @@ For each configuration ``backbone:size`` it builds the bundle's network
 generator widths 192-96-96-48-48, mask head 32) and times, interleaved, under ``torch.inference_mode``:
 
 - ``masksam``: one ``(1, 1, S, S, T)`` patch -> ``(1, K, S, S, T)`` class scores;
-- ``sam_encoder``: segment_anything's own image encoder on the same T slices ``(T, 3, S, S)``;
-- ``sdpa_encoder`` (ViT backbones): our :class:`SamViTEncoder3D` without adapters on the same slices;
+- ``sam_encoder``: the backbone's own image encoder (segment_anything's ViT, or LiteMedSAM's TinyViT) on
+  the same T slices ``(T, 3, S, S)``;
+- ``our_encoder``: our slice-stack encoder without adapters on the same slices (SDPA attention): the
+  like-for-like baseline of MaskSAM's cost;
 - ``masksam_no_grad``: the MaskSAM call under ``torch.no_grad`` instead, as the bundles run it (MONAI's
   evaluator and sliding-window stitching write into the network's outputs in place, which inference
   tensors forbid outside inference mode); printed as the time ratio to ``masksam``.
 
-Per-slice times are medians / T; the ratio ``masksam / sam_encoder`` is the figure of the issue's
-target (<= 1.5). The MaskSAM time is split by module (forward hooks: stem, encoder, prompt generator,
-prompt encoder, decoder, mask head; the rest is box/prompt glue and the semantic fusion), and the
-process CPU time (all threads) of a MaskSAM forward is printed beside its wall time. ``tiny`` uses the
-test configuration of ``tests/networks/test_masksam.py`` (32x32x4, Q=3, K=2, small widths).
+Per-slice times are medians / T; it prints MaskSAM's ratio to both encoders, naming each. The MaskSAM
+time is split by module (forward hooks: stem, encoder, prompt generator, prompt encoder, decoder, mask
+head; the rest is box/prompt glue and the semantic fusion), and the process CPU time (all threads) of
+a MaskSAM forward is printed beside its wall time. ``tiny`` uses the test configuration of
+``tests/networks/test_masksam.py`` (32x32x4, Q=3, K=2, small widths).
+
+Commits side by side (``--baseline REV``, ``--compile``): per configuration, fresh child processes time
+the bundles' call (``torch.no_grad``, one patch) with this checkout's code, with it compiled
+(``build_masksam(compile=True)``; the compilation runs in the warm-up), and with the code of ``REV``
+(checked out in a ``git worktree`` under ``build/``, imported through ``PYTHONPATH``); the ratios to the
+baseline are printed.
 
     python benchmarks/inference_per_slice.py                       # vit_b:256, tiny:32, lite_medsam:128
     python benchmarks/inference_per_slice.py --configs vit_b:512 --repeats 1   # bundle size, ~3 min
+    python benchmarks/inference_per_slice.py --configs vit_b:512 --baseline 073ff27 --compile --repeats 2
     python benchmarks/inference_per_slice.py --device cuda --dtype bf16 --configs vit_b:512 vit_h:512
 """
 
@@ -27,17 +36,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
+import subprocess
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
-from common import begin_benchmark, print_result, synchronize
+from common import begin_benchmark, print_result, run_child, synchronize
 
-from masksam.backbones import SamViTEncoder3D, build_sam
+import masksam
+from masksam.backbones import build_encoder3d, build_sam
 from masksam.inferers import SemanticWrapper
 from masksam.networks import build_masksam
+
+REPO = Path(__file__).resolve().parents[1]
 
 PARTS = ("stem", "encoder", "prompt_generator", "prompt_encoder", "decoder", "mask_head")
 TINY = {
@@ -95,21 +110,22 @@ def run_config(backbone: str, size: int, args: argparse.Namespace, device: torch
     t = kw["num_slices"]
     x = torch.rand(1, 1, size, size, t, device=device)
     slices = torch.rand(t, 3, size, size, device=device)
-    plain = net.encoder.encoder if backbone == "lite_medsam" else None
 
     def no_grad_mode() -> torch.Tensor:  # the bundles' mode: MONAI's evaluator runs under torch.no_grad
         with torch.inference_mode(False), torch.no_grad():
             return wrapper(x)
 
-    calls = {"masksam": lambda: wrapper(x), "masksam_no_grad": no_grad_mode}
-    if plain is not None:
-        calls["sam_encoder"] = lambda: plain(slices)
-    else:
-        # A second copy of the backbone (random weights: the timing does not depend on their values).
+    # A second copy of the backbone (random weights: the timing does not depend on their values).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         sam_encoder = build_sam(backbone, image_size=size).image_encoder.to(device).eval()
-        calls["sam_encoder"] = lambda: sam_encoder(slices)
-        sdpa = SamViTEncoder3D(sam_encoder).to(device).eval()
-        calls["sdpa_encoder"] = lambda: sdpa(slices, t)
+    ours = build_encoder3d(sam_encoder).to(device).eval()
+    calls = {
+        "masksam": lambda: wrapper(x),
+        "masksam_no_grad": no_grad_mode,
+        "sam_encoder": lambda: sam_encoder(slices),
+        "our_encoder": lambda: ours(slices, t),
+    }
     timer = PartTimer(net, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     wall: dict[str, list[float]] = {k: [] for k in calls}
@@ -143,10 +159,77 @@ def run_config(backbone: str, size: int, args: argparse.Namespace, device: torch
         "masksam_cpu_s": round(statistics.median(cpu), 2),
         "masksam_parts_s": {k: round(v, 3) for k, v in part_med.items()},
         "ratio_vs_sam_encoder": round(med["masksam"] / med["sam_encoder"], 2),
+        "ratio_vs_our_encoder": round(med["masksam"] / med["our_encoder"], 2),
         "no_grad_vs_inference_mode": round(med["masksam_no_grad"] / med["masksam"], 3),
     }
-    if "sdpa_encoder" in med:
-        row["ratio_vs_sdpa_encoder"] = round(med["masksam"] / med["sdpa_encoder"], 2)
+    return row
+
+
+def measure_commit(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child process: the bundles' call (``no_grad``, one patch) with whatever ``masksam`` is importable."""
+    torch.manual_seed(0)
+    device = torch.device(spec["device"])
+    args = argparse.Namespace(slices=spec["slices"], queries=spec["queries"], classes=spec["classes"])
+    kw = network_kwargs(spec["backbone"], args)
+    if spec["compile"]:
+        kw["compile"] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        wrapper = SemanticWrapper(build_masksam(spec["backbone"], image_size=spec["size"], **kw)).to(device).eval()
+    x = torch.rand(1, 1, spec["size"], spec["size"], kw["num_slices"], device=device)
+    dtype = getattr(torch, spec["dtype"])
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    times = []
+    with torch.no_grad(), autocast:
+        start = time.perf_counter()
+        for _ in range(spec["warmup"]):
+            wrapper(x)
+            synchronize(device)
+        warmup = time.perf_counter() - start
+        for _ in range(spec["repeats"]):
+            start = time.perf_counter()
+            wrapper(x)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    return {
+        "per_slice_s": statistics.median(times) / kw["num_slices"],
+        "runs_s": [round(t, 3) for t in times],
+        "warmup_s": round(warmup, 1),
+        "package": os.path.dirname(masksam.__file__),
+    }
+
+
+def baseline_tree(rev: str) -> Path:
+    """A ``git worktree`` of ``rev`` under ``build/`` (made once, reused)."""
+    sha = subprocess.run(["git", "rev-parse", rev], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
+    tree = REPO / "build" / f"baseline-{sha[:12]}"
+    if not (tree / "masksam" / "__init__.py").is_file():
+        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), sha], cwd=REPO, check=True)
+    return tree
+
+
+def compare_commits(config: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    """This checkout (plain, compiled) and the baseline commit, each timed in its own child process."""
+    backbone, size = config.split(":")
+    spec = {
+        "backbone": backbone, "size": int(size), "slices": args.slices, "queries": args.queries,
+        "classes": args.classes, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+        "repeats": args.repeats, "warmup": max(1, args.warmup), "compile": False,
+    }  # fmt: skip
+    variants: dict[str, tuple[dict, dict[str, str]]] = {"current": (spec, {})}
+    if args.compile:
+        variants["current_compiled"] = ({**spec, "compile": True}, {})
+    if args.baseline:
+        tree = baseline_tree(args.baseline)
+        variants["baseline"] = (spec, {"PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    extra = [f"--threads={torch.get_num_threads()}"]
+    results = {name: run_child(__file__, s, extra, env=env) for name, (s, env) in variants.items()}
+    row: dict[str, Any] = {"config": config, "baseline": args.baseline, "variants": results}
+    if args.baseline:
+        base = results["baseline"]["per_slice_s"]
+        row["ratios_vs_baseline"] = {
+            k: round(v["per_slice_s"] / base, 3) for k, v in results.items() if k != "baseline"
+        }
     return row
 
 
@@ -158,29 +241,43 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=16, help="K (not for tiny)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=0)
-    started = begin_benchmark(parser)
-    assert started is not None  # no child measurement: begin_benchmark() returns in the parent
+    parser.add_argument("--baseline", default=None, help="a commit to time beside this checkout (git worktree)")
+    parser.add_argument("--compile", action="store_true", help="also time this checkout with compile=True")
+    parser.add_argument("--no-parts", action="store_true", help="skip the in-process timing (with --baseline)")
+    started = begin_benchmark(parser, measure_commit)
+    if started is None:
+        return
     args, device, dtype, info = started
     rows = []
-    for config in args.configs:
+    commits = []
+    for config in args.configs if (args.baseline or args.compile) else []:
+        row = compare_commits(config, args, device, dtype)
+        commits.append(row)
+        times = ", ".join(f"{k} {v['per_slice_s']:.3f}s" for k, v in row["variants"].items())
+        print(f"{config:16s} per slice, no_grad: {times}  ratios to {args.baseline}: {row.get('ratios_vs_baseline')}")
+    for config in [] if args.no_parts else args.configs:
         backbone, size = config.split(":")
         row = run_config(backbone, int(size), args, device, dtype)
         rows.append(row)
-        enc = row["per_slice_s"]["sam_encoder"]
-        sdpa = (
-            f", sdpa encoder {row['per_slice_s']['sdpa_encoder']:.3f}s" if "sdpa_encoder" in row["per_slice_s"] else ""
-        )
+        per = row["per_slice_s"]
         print(
             f"{config:16s} T={row['slices']} Q={row['queries']} K={row['classes']}  per slice: masksam "
-            f"{row['per_slice_s']['masksam']:.3f}s, sam encoder {enc:.3f}s{sdpa}  ratio "
-            f"{row['ratio_vs_sam_encoder']:.2f}  | one forward {row['time_s']['masksam']:.2f}s wall, "
+            f"{per['masksam']:.3f}s, our encoder {per['our_encoder']:.3f}s (ratio {row['ratio_vs_our_encoder']:.2f}), "
+            f"segment_anything's encoder {per['sam_encoder']:.3f}s (ratio {row['ratio_vs_sam_encoder']:.2f})"
+            f"  | one forward {row['time_s']['masksam']:.2f}s wall, "
             f"{row['masksam_cpu_s']:.1f}s CPU  | under no_grad instead of inference_mode: "
             f"x{row['no_grad_vs_inference_mode']:.3f}  | parts {row['masksam_parts_s']}",
             flush=True,
         )
     print_result(
         "inference_per_slice",
-        {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "rows": rows, "machine": info},
+        {
+            "device": str(device),
+            "dtype": str(dtype).removeprefix("torch."),
+            "rows": rows,
+            "commits": commits,
+            "machine": info,
+        },
     )
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import yaml
 
 from masksam.demo import BUNDLE, demo_overrides, dice_per_class
+from masksam.transforms import INTENSITY_PRESETS
 
 
 def test_dice_per_class() -> None:
@@ -25,4 +26,4 @@ def test_demo_overrides_name_real_bundle_settings(tmp_path: Path) -> None:
     config = yaml.safe_load((BUNDLE / "configs" / "train.yaml").read_text())
     overrides = demo_overrides(tmp_path, tmp_path, "lite_medsam.pth", epochs=3)
     assert set(overrides) <= set(config), f"unknown settings: {set(overrides) - set(config)}"
-    assert overrides["modality"] in config["intensity"]
+    assert overrides["modality"] in INTENSITY_PRESETS

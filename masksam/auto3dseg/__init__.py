@@ -1,7 +1,8 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
 """Shared code of the Auto3DSeg algorithm templates (``algorithm_templates/<name>/``).
 
-- :mod:`~masksam.auto3dseg.heuristics`: settings from DataAnalyzer statistics (pure functions).
+- :mod:`~masksam.auto3dseg.heuristics`: generic settings from DataAnalyzer statistics (pure functions);
+  :mod:`~masksam.auto3dseg.method_heuristics`: per-method ones.
 - :mod:`~masksam.auto3dseg.algo`: the ``BundleAlgo`` classes (:class:`MasksamAlgo`).
 - :mod:`~masksam.auto3dseg.registration`: template folder and ``algos`` entries (:func:`masksam_algo_entry`).
 - :mod:`~masksam.auto3dseg.config`, :mod:`~masksam.auto3dseg.workflows`, :mod:`~masksam.auto3dseg.inference`,
@@ -10,16 +11,15 @@
 
 from __future__ import annotations
 
-from masksam.auto3dseg.algo import INPUT_KEYS, MasksamAlgo, TemplateAlgo
+from masksam.auto3dseg.algo import INPUT_KEYS, SECTIONS, MasksamAlgo, TemplateAlgo, compose_config
 from masksam.auto3dseg.config import STOCK_ALIASES, algo_root, apply_overrides, read_algo_config, split_config_files
 from masksam.auto3dseg.heuristics import (
     ct_window,
     datastats_value,
     in_plane_patch_size,
     intensity_normalization,
+    median_resampled_shape,
     num_classes_from_labels,
-    num_queries,
-    num_slices,
     resampled_shape,
     target_spacing,
     template_settings,
@@ -27,8 +27,9 @@ from masksam.auto3dseg.heuristics import (
     validation_interval,
 )
 from masksam.auto3dseg.inference import TemplateInferer
+from masksam.auto3dseg.method_heuristics import num_queries, num_slices
 from masksam.auto3dseg.progress import PROGRESS_FILE, ProgressWriter, read_best_score
-from masksam.auto3dseg.registration import ALGORITHMS, algo_entry, masksam_algo_entry, template_dir
+from masksam.auto3dseg.registration import ALGORITHMS, algo_entry, bundle_dir, masksam_algo_entry, template_dir
 from masksam.auto3dseg.workflows import run_training, run_validation
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "INPUT_KEYS",
     "MasksamAlgo",
     "PROGRESS_FILE",
+    "SECTIONS",
     "ProgressWriter",
     "STOCK_ALIASES",
     "TemplateAlgo",
@@ -43,11 +45,14 @@ __all__ = [
     "algo_entry",
     "algo_root",
     "apply_overrides",
+    "bundle_dir",
+    "compose_config",
     "ct_window",
     "datastats_value",
     "in_plane_patch_size",
     "intensity_normalization",
     "masksam_algo_entry",
+    "median_resampled_shape",
     "num_classes_from_labels",
     "num_queries",
     "num_slices",

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from copy import deepcopy
 from typing import Any
 
 from monai.apps.auto3dseg import BundleAlgo
 from monai.bundle import ConfigParser
 
-from masksam.auto3dseg.heuristics import num_queries, template_settings, validation_interval
+from masksam.auto3dseg.heuristics import median_resampled_shape, template_settings, validation_interval
+from masksam.auto3dseg.method_heuristics import num_queries, num_slices
 from masksam.auto3dseg.progress import read_best_score
+from masksam.auto3dseg.registration import bundle_dir
 
-__all__ = ["TemplateAlgo", "MasksamAlgo", "INPUT_KEYS"]
+__all__ = ["TemplateAlgo", "MasksamAlgo", "INPUT_KEYS", "SECTIONS", "compose_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,29 @@ INPUT_KEYS = frozenset(
         "ensemble", "not_use_cache", "allow_skip", "mlflow_tracking_uri", "mlflow_experiment_name",
     }
 )  # fmt: skip
+
+
+#: Sections of a generated config taken from the bundle's other configs: merged over the config by the scripts
+#: under torchrun (``multi_gpu``) and for validation (``evaluate``).
+SECTIONS = {"multi_gpu": "multi_gpu_train.yaml", "evaluate": "evaluate.yaml"}
+
+
+def compose_config(bundle: str | os.PathLike[str], overrides: dict[str, Any]) -> ConfigParser:
+    """The bundle's ``configs/train.yaml`` with ``overrides`` merged over it (``#`` paths set nested keys), and the
+    bundle's other configs as the sections of :data:`SECTIONS`.
+
+    Args:
+        bundle: the bundle folder (:func:`~masksam.auto3dseg.registration.bundle_dir`).
+        overrides: the template's keys.
+    """
+    configs = os.path.join(os.fspath(bundle), "configs")
+    parser = ConfigParser(globals=False)
+    parser.read_config(os.path.join(configs, "train.yaml"))
+    for key, value in overrides.items():
+        parser[key] = deepcopy(value)
+    for section, file in SECTIONS.items():
+        parser[section] = ConfigParser.load_config_file(os.path.join(configs, file))
+    return parser
 
 
 def _num_folds(inputs: dict[str, Any]) -> int:
@@ -56,7 +82,8 @@ def _plain(parser: ConfigParser, key: str) -> bool:
 class TemplateAlgo(BundleAlgo):
     """``BundleAlgo`` of this package's templates: one ``configs/hyper_parameters.yaml`` filled from the statistics.
 
-    ``fill_template_config`` writes the data-driven settings of :func:`~masksam.auto3dseg.heuristics.template_settings`
+    ``fill_template_config`` composes the config from the bundle's (:func:`compose_config`: the bundle's
+    ``train.yaml`` with the template's keys over it), then writes the data-driven settings of :func:`~masksam.auto3dseg.heuristics.template_settings`
     (plus :meth:`extra_settings`), then overrides, in increasing priority: ``input.yaml`` keys that are plain
     settings of the config (values, not sections or ``$``/``@`` expressions, which other algorithms' keys of the
     same name must not replace), the ``input.yaml`` section named after the algorithm (any key, e.g.
@@ -69,6 +96,8 @@ class TemplateAlgo(BundleAlgo):
     """
 
     config_file = "hyper_parameters.yaml"
+    #: the bundle (under ``bundles/``) the template builds on
+    bundle = "masksam"
     #: multiple of the in-plane patch size, by backbone (the encoder's patch size; LiteMedSAM's stride is 64)
     patch_multiples = {"lite_medsam": 64}
 
@@ -88,8 +117,11 @@ class TemplateAlgo(BundleAlgo):
             return True, f"{type(self).__name__} segments mutually exclusive classes (softmax); input has sigmoid: true"
         return skip_bundlegen, skip_info
 
-    def extra_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """Method-specific settings derived from the common ones (override in subclasses)."""
+    def extra_settings(self, settings: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
+        """Method-specific settings from the generic ones (with ``input.yaml``'s overrides) and the statistics.
+
+        Override in subclasses (:mod:`masksam.auto3dseg.method_heuristics`).
+        """
         return {}
 
     def fill_template_config(self, data_stats_filename: str, algo_path: str, **kwargs: Any) -> dict:
@@ -106,8 +138,7 @@ class TemplateAlgo(BundleAlgo):
             if kwargs.pop(unsupported, None):
                 logger.warning("%s: %s is not supported, ignored", type(self).__name__, unsupported)
         config_path = os.path.join(algo_path, "configs", self.config_file)
-        parser = ConfigParser(globals=False)
-        parser.read_config(config_path)
+        parser = compose_config(bundle_dir(self.bundle), ConfigParser.load_config_file(config_path))
 
         if kwargs.pop("fill_with_datastats", True):
             values = self.settings(data_stats_filename, parser)
@@ -125,7 +156,8 @@ class TemplateAlgo(BundleAlgo):
             logger.warning(
                 "%s: no sam_checkpoint in input.yaml: the SAM backbone starts from random weights", self.name
             )
-        ConfigParser.export_config_file(parser.get(), config_path, fmt="yaml", default_flow_style=None, sort_keys=False)
+        config = {k: v for k, v in parser.get().items() if k != "_meta_" or v}  # ConfigParser adds an empty _meta_
+        ConfigParser.export_config_file(config, config_path, fmt="yaml", default_flow_style=None, sort_keys=False)
         return {self.config_file: values}
 
     def settings(self, data_stats_filename: str, parser: ConfigParser) -> dict[str, Any]:
@@ -152,7 +184,7 @@ class TemplateAlgo(BundleAlgo):
             num_folds=_num_folds(inputs),
             patch_multiple=self.patch_multiples.get(backbone, 16),
         )
-        settings.update(self.extra_settings({**settings, **overrides}))
+        settings.update(self.extra_settings({**settings, **overrides}, stats))
         if "dataroot" in inputs:
             settings["dataset_dir"] = os.path.abspath(str(inputs["dataroot"]))
         if "datalist" in inputs:
@@ -179,10 +211,19 @@ class TemplateAlgo(BundleAlgo):
 
 
 class MasksamAlgo(TemplateAlgo):
-    """Auto3DSeg algorithm ``masksam``: :func:`masksam.networks.build_masksam` trained on one fold.
+    """Auto3DSeg algorithm ``masksam``: the MaskSAM bundle (:func:`masksam.networks.build_masksam`) on one fold.
 
-    Adds the number of queries (:func:`~masksam.auto3dseg.heuristics.num_queries`) to the common settings.
+    Adds MaskSAM's own settings to the generic ones: slices per patch from the depth and anisotropy
+    (:func:`~masksam.auto3dseg.heuristics.num_slices`) and queries from the classes
+    (:func:`~masksam.auto3dseg.heuristics.num_queries`).
     """
 
-    def extra_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
-        return {"num_queries": num_queries(int(settings["num_classes"]))}
+    bundle = "masksam"
+
+    def extra_settings(self, settings: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
+        spacing = settings["spacing"]
+        depth = median_resampled_shape(stats, spacing)[2]
+        return {
+            "num_slices": num_slices(depth, spacing[2] / spacing[0]),
+            "num_queries": num_queries(int(settings["num_classes"])),
+        }

@@ -24,12 +24,15 @@ STOCK_ALIASES = {
 
 
 def split_config_files(config_file: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Config paths from a list or a comma-joined string (``BundleAlgo`` passes ``--config_file='a.yaml,b.yaml'``)."""
+    """Config paths from a list or a comma-joined string (``BundleAlgo`` passes ``--config_file='a.yaml,b.yaml'``).
+
+    Folders are left out (``BundleAlgo.get_inferer`` passes every entry of the ``configs`` folder).
+    """
     if isinstance(config_file, (str, os.PathLike)):
         files = [f.strip() for f in os.fspath(config_file).split(",")]
     else:
         files = [os.fspath(f).strip() for f in config_file]
-    files = [f for f in files if f]
+    files = [f for f in files if f and not os.path.isdir(f)]
     if not files:
         raise ValueError("no config file given")
     missing = [f for f in files if not os.path.isfile(f)]

@@ -1,9 +1,11 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
-"""Settings of the algorithm templates from Auto3DSeg's DataAnalyzer statistics: small pure functions.
+"""Generic settings of the algorithm templates from Auto3DSeg's DataAnalyzer statistics: small pure functions.
 
 The statistics are those of ``datastats.yaml`` (keys such as ``stats_summary#image_stats#spacing#median``), computed
-after ``Orientationd(RAS)``, so the last spatial axis is the slice axis. :func:`template_settings` combines them; each
-rule is its own function so that it can be tested and reused by every template.
+after ``Orientationd(RAS)``, so the last spatial axis is the slice axis. :func:`template_settings` combines the rules
+every template shares (channels, classes, intensity, spacing, patch, schedule); each rule is its own function so that
+it can be tested and reused. Per-method rules (MaskSAM's slices and queries) are in
+:mod:`masksam.auto3dseg.method_heuristics`.
 """
 
 from __future__ import annotations
@@ -18,18 +20,13 @@ __all__ = [
     "ct_window",
     "target_spacing",
     "resampled_shape",
+    "median_resampled_shape",
     "in_plane_patch_size",
-    "num_slices",
-    "num_queries",
     "num_classes_from_labels",
     "training_schedule",
     "validation_interval",
     "template_settings",
 ]
-
-#: The recipe the slice-count rule is anchored to: 9 slices at 3x anisotropy (AMOS CT at 0.8 x 0.8 x 2.5 mm).
-REFERENCE_SLICES = 9
-REFERENCE_ANISOTROPY = 3.0
 
 
 def datastats_value(stats: Mapping[str, Any], key: str) -> Any:
@@ -97,6 +94,13 @@ def resampled_shape(shape: Sequence[float], spacing: Sequence[float], target: Se
     return [max(1, round(float(n) * float(s) / float(t))) for n, s, t in zip(shape, spacing, target, strict=True)]
 
 
+def median_resampled_shape(stats: Mapping[str, Any], target: Sequence[float]) -> list[int]:
+    """Median image shape of the statistics after resampling to ``target`` spacing."""
+    summary = "stats_summary#image_stats#"
+    spacing = datastats_value(stats, summary + "spacing#median")
+    return resampled_shape(datastats_value(stats, summary + "shape#median"), spacing, target)
+
+
 def in_plane_patch_size(
     in_plane_shape: Sequence[int], multiple: int = 16, max_size: int = 512, min_size: int = 64
 ) -> int:
@@ -118,32 +122,6 @@ def in_plane_patch_size(
     lo = math.ceil(min_size / multiple) * multiple
     hi = max_size // multiple * multiple
     return int(min(max(size, lo), hi))
-
-
-def num_slices(depth: int, anisotropy: float, min_slices: int = 3, max_slices: int = 12) -> int:
-    """Slices per patch T: the physical depth of the reference recipe's stack, at most the median depth.
-
-    ``T = round(9 * 3 / anisotropy)`` (9 slices at 3x anisotropy), clipped to ``[min_slices, max_slices]``, then
-    to the median number of slices (so thin volumes, down to 2D images, keep T <= depth).
-
-    Args:
-        depth: median number of slices after resampling.
-        anisotropy: slice spacing / in-plane spacing of the target spacing.
-    """
-    if depth < 1 or not anisotropy > 0:
-        raise ValueError(f"depth must be >= 1 and anisotropy > 0, got {depth} and {anisotropy}")
-    t = round(REFERENCE_SLICES * REFERENCE_ANISOTROPY / anisotropy)
-    return int(min(max(t, min_slices), max_slices, depth))
-
-
-def num_queries(num_classes: int, min_margin: int = 4) -> int:
-    """Queries Q: every class (background included) can be a target on a slice, plus a margin of spare queries.
-
-    ``Q = K + max(min_margin, ceil(K / 2))``; for AMOS (K = 16) this is the paper's 24.
-    """
-    if num_classes < 2:
-        raise ValueError(f"num_classes (background included) must be >= 2, got {num_classes}")
-    return int(num_classes + max(min_margin, math.ceil(num_classes / 2)))
 
 
 def num_classes_from_labels(labels: Sequence[int]) -> int:
@@ -208,20 +186,18 @@ def template_settings(
 
     Returns:
         ``in_channels``, ``num_classes``, ``modality`` (``ct``/``mri``), ``ct_window`` (CT only), ``spacing``,
-        ``patch_size``, ``num_slices``, ``batch_size``, ``max_epochs``, ``val_interval``.
+        ``patch_size``, ``batch_size``, ``max_epochs``, ``val_interval``.
     """
     summary = "stats_summary#"
     norm = intensity_normalization(modality)
-    median_spacing = datastats_value(stats, summary + "image_stats#spacing#median")
-    spacing = target_spacing(median_spacing)
-    shape = resampled_shape(datastats_value(stats, summary + "image_stats#shape#median"), median_spacing, spacing)
+    spacing = target_spacing(datastats_value(stats, summary + "image_stats#spacing#median"))
+    shape = median_resampled_shape(stats, spacing)
     settings: dict[str, Any] = {
         "in_channels": int(datastats_value(stats, summary + "image_stats#channels#max")),
         "num_classes": num_classes_from_labels(datastats_value(stats, summary + "label_stats#labels")),
         "modality": norm,
         "spacing": spacing,
         "patch_size": in_plane_patch_size(shape[:2], multiple=patch_multiple),
-        "num_slices": num_slices(shape[2], spacing[2] / spacing[0]),
     }
     if norm == "ct":
         fg = summary + "image_foreground_stats#intensity#"

@@ -26,7 +26,7 @@ class TemplateInferer:
     This is the ``InferClass`` Auto3DSeg's ``BundleAlgo.get_inferer`` builds from ``scripts/infer.py``. The config
     wires ``network_def`` (a :class:`masksam.inferers.SemanticWrapper` with ``normalize=True``: probabilities over
     K classes, background included), ``infer#preprocessing``, ``infer#inferer`` and ``infer#postprocessing``
-    (``Invertd`` back to the input's grid); weights come from ``<ckpt_path>/model.pt``.
+    (``Invertd`` back to the input's grid); weights come from ``<ckpt_dir>/model.pt``.
 
     Args:
         config_file: config paths, a list or comma-joined.
@@ -44,7 +44,7 @@ class TemplateInferer:
         self.device = torch.device(parser.get_parsed_content("device"))
         self.amp = bool(parser.get_parsed_content("amp")) and self.device.type == "cuda"
         self.amp_dtype = parser.get_parsed_content("amp_dtype") if self.amp else None
-        self.checkpoint = os.path.join(parser.get_parsed_content("ckpt_path"), "model.pt")
+        self.checkpoint = os.path.join(parser.get_parsed_content("ckpt_dir"), "model.pt")
         if not os.path.isfile(self.checkpoint):
             raise FileNotFoundError(f"trained weights not found: {self.checkpoint} (has the fold been trained?)")
         self.network = parser.get_parsed_content("network_def")

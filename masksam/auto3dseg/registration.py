@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ALGORITHMS", "template_dir", "algo_entry", "masksam_algo_entry"]
+__all__ = ["ALGORITHMS", "bundle_dir", "template_dir", "algo_entry", "masksam_algo_entry"]
 
 #: Template name -> its ``BundleAlgo`` class (importable from the package).
 ALGORITHMS = {"masksam": "masksam.auto3dseg.algo.MasksamAlgo"}
@@ -27,6 +27,22 @@ def template_dir() -> Path:
             "or pass template_path= to the folder holding masksam/"
         )
     return root
+
+
+def bundle_dir(name: str) -> Path:
+    """The folder of bundle ``name`` in this source tree (``bundles/<name>``), which its template builds on.
+
+    Raises:
+        FileNotFoundError: no such bundle, or the package was installed without its source tree.
+    """
+    import masksam
+
+    path = Path(masksam.__file__).resolve().parent.parent / "bundles" / name
+    if not (path / "configs" / "train.yaml").is_file():
+        raise FileNotFoundError(
+            f"bundle configs not found at {path}: install masksam from its source tree (pip install -e .)"
+        )
+    return path
 
 
 def algo_entry(name: str, template_path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, str]]:

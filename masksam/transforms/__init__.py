@@ -1,13 +1,16 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
-"""MONAI transforms of the package: input and prompt-file validation with errors that name the file, key and value."""
+"""MONAI transforms of the package: the shared preprocessing, input and prompt-file validation with errors that
+name the file, key and value."""
 
 from __future__ import annotations
 
 from masksam.transforms.checks import Problem, Volume, check_volumes, format_problems
+from masksam.transforms.presets import INTENSITY_PRESETS, intensity_transform, load_transforms
 from masksam.transforms.prompts import PROMPT_SCHEMA, LoadPromptsd, PromptError, Prompts, read_prompts, validate_prompts
 from masksam.transforms.validation import CheckedLoadImaged, ValidateInputd
 
 __all__ = [
+    "INTENSITY_PRESETS",
     "PROMPT_SCHEMA",
     "CheckedLoadImaged",
     "LoadPromptsd",
@@ -18,6 +21,8 @@ __all__ = [
     "Volume",
     "check_volumes",
     "format_problems",
+    "intensity_transform",
+    "load_transforms",
     "read_prompts",
     "validate_prompts",
 ]

@@ -30,6 +30,12 @@ pytestmark = pytest.mark.xdist_group("masksam_template")
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "algorithm_templates" / "masksam"
+BUNDLE_CONFIGS = REPO / "bundles" / "masksam" / "configs"
+
+
+def read_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
 
 #: input.yaml section shrinking the model and the data loading (CPU, seconds per epoch); the rest is filled.
 TINY = {
@@ -280,13 +286,33 @@ def test_fill_template_config_on_ct_statistics(tmp_path: Path) -> None:
     }  # fmt: skip
     assert {k: config[k] for k in expected} == expected
     assert algo.fill_records["hyper_parameters.yaml"]["num_queries"] == 24
-    template = yaml.safe_load((TEMPLATE / "configs" / "hyper_parameters.yaml").read_text())
-    assert config["train"] == template["train"] and config["backbone"] == template["backbone"], "the rest is kept"
+    bundle = read_yaml(BUNDLE_CONFIGS / "train.yaml")
+    assert config["train"] == bundle["train"] and config["backbone"] == bundle["backbone"], "the rest is the bundle's"
 
     # HPO regenerates from the records, with its own parameters.
     algo.export_to_disk(str(tmp_path), "masksam_hpo", fill_with_datastats=False, learning_rate=0.02)
     hpo = yaml.safe_load((tmp_path / "masksam_hpo" / "configs" / "hyper_parameters.yaml").read_text())
     assert {k: hpo[k] for k in expected} == expected and hpo["learning_rate"] == 0.02
+
+
+def test_generated_config_is_the_bundles_with_the_templates_keys_over_it(tmp_path: Path) -> None:
+    """No config section is copied between the bundle and the template: the generated config is the bundle's
+    train.yaml except for the template's own keys and the filled settings, with the bundle's multi-GPU and
+    evaluation configs as sections; and no key of the template restates the bundle's value."""
+    stats_file, input_file = write_inputs(tmp_path, CT_STATS, "CT")
+    algo, config = generate(tmp_path, stats_file, input_file)
+    bundle, template = (
+        read_yaml(BUNDLE_CONFIGS / "train.yaml"),
+        read_yaml(TEMPLATE / "configs" / "hyper_parameters.yaml"),
+    )
+    own = {key.split("#")[0] for key in template} | set(algo.fill_records["hyper_parameters.yaml"])
+    changed = {key for key in set(bundle) | set(config) if bundle.get(key) != config.get(key)}
+    assert changed - own == {"multi_gpu", "evaluate"}
+    assert config["multi_gpu"] == read_yaml(BUNDLE_CONFIGS / "multi_gpu_train.yaml")
+    assert config["evaluate"] == read_yaml(BUNDLE_CONFIGS / "evaluate.yaml")
+    restated = [k for k, v in template.items() if "#" not in k and k in bundle and bundle[k] == v]
+    assert not restated, f"the template restates the bundle's values of {restated}"
+    assert config["network_def"]["normalize"] is True, "probabilities for the ensemble"
 
 
 def test_max_epochs_from_input_sets_the_validation_interval(tmp_path: Path) -> None:
@@ -306,14 +332,14 @@ def test_fill_template_config_on_mri_statistics_with_input_overrides(tmp_path: P
         masksam={"num_queries": 11, "backbone": "lite_medsam", "val_interval": 9},  # ours wins over the top level
     )  # fmt: skip
     _, config = generate(tmp_path, stats_file, input_file, fold=0)
-    template = yaml.safe_load((TEMPLATE / "configs" / "hyper_parameters.yaml").read_text())
+    bundle = read_yaml(BUNDLE_CONFIGS / "train.yaml")
     assert config["modality"] == "mri" and config["in_channels"] == 2 and config["num_classes"] == 4
-    assert config["ct_window"] == template["ct_window"], "no CT window for MRI"
+    assert config["ct_window"] == bundle["ct_window"], "no CT window for MRI"
     assert config["spacing"] == [1.0, 1.0, 1.0] and config["num_slices"] == 12
     assert config["patch_size"] == 256, "LiteMedSAM patches are multiples of 64"
     assert config["num_queries"] == 11 and config["backbone"] == "lite_medsam" and config["val_interval"] == 9
-    assert config["learning_rate"] == 0.005 and config["train"] == template["train"]
-    assert config["roi_size"] == template["roi_size"]
+    assert config["learning_rate"] == 0.005 and config["train"] == bundle["train"]
+    assert config["roi_size"] == bundle["roi_size"]
     assert "segresnet" not in config and "name" not in config
 
 

@@ -11,15 +11,15 @@ from masksam.auto3dseg.heuristics import (
     datastats_value,
     in_plane_patch_size,
     intensity_normalization,
+    median_resampled_shape,
     num_classes_from_labels,
-    num_queries,
-    num_slices,
     resampled_shape,
     target_spacing,
     template_settings,
     training_schedule,
     validation_interval,
 )
+from masksam.auto3dseg.method_heuristics import num_queries, num_slices
 from tests.auto3dseg.conftest import CT_STATS, MRI_STATS
 
 
@@ -32,11 +32,12 @@ def test_ct_like_statistics_give_the_amos_recipe() -> None:
         "ct_window": [-160.0, 260.0],  # foreground percentiles 0.5 / 99.5
         "spacing": [0.8, 0.8, 2.5],  # the finer in-plane median, isotropic in-plane
         "patch_size": 512,  # 512 * 0.82 / 0.8 = 525 pixels: capped at 512
-        "num_slices": 9,  # anisotropy 3.125: round(27 / 3.125)
         "batch_size": 2,  # 192 training cases
         "max_epochs": 521,  # 96 steps per epoch: 50k steps
         "val_interval": 26,
     }
+    depth = median_resampled_shape(CT_STATS, settings["spacing"])[2]
+    assert num_slices(depth, 2.5 / 0.8) == 9, "MaskSAM: anisotropy 3.125, round(27 / 3.125) slices"
     assert num_queries(settings["num_classes"]) == 24, "the paper's 24 queries for AMOS"
 
 
@@ -48,12 +49,13 @@ def test_mri_like_statistics_give_z_score_and_capped_slices() -> None:
         "modality": "mri",
         "spacing": [1.0, 1.0, 1.0],
         "patch_size": 224,
-        "num_slices": 12,  # isotropic: 27 slices capped at 12
         "batch_size": 1,
         "max_epochs": 1000,
         "val_interval": 50,
     }
     assert "ct_window" not in settings
+    depth = median_resampled_shape(MRI_STATS, settings["spacing"])[2]
+    assert num_slices(depth, 1.0) == 12, "MaskSAM: isotropic, 27 slices capped at 12"
 
 
 def test_lite_medsam_patch_multiple() -> None:
@@ -200,6 +202,7 @@ def test_keys_exist_in_real_datastats(tmp_path: Path) -> None:
     DataAnalyzer(str(datalist), str(tmp_path), output_path=str(out), device="cpu", worker=0).get_all_case_stats()
     stats = yaml.safe_load(out.read_text())
     settings = template_settings(stats, "CT", num_folds=2)
-    assert settings["num_classes"] == 3 and settings["spacing"] == [1.0, 1.0, 2.0] and settings["num_slices"] == 6
+    assert settings["num_classes"] == 3 and settings["spacing"] == [1.0, 1.0, 2.0]
+    assert median_resampled_shape(stats, settings["spacing"]) == [24, 20, 6]
     lo, hi = settings["ct_window"]
     assert -200.0 < lo < hi < 200.0, "foreground percentiles of the synthetic HU values"
