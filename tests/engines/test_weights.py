@@ -110,3 +110,31 @@ def test_check_state_dict_accepts_a_matching_state() -> None:
     check_state_dict(model, model.state_dict(), "x")
     with pytest.raises(CheckpointError, match=r"(?s)x does not fit.*weight: checkpoint \(2, 4\), model \(2, 3\)"):
         check_state_dict(model, nn.Linear(4, 2).state_dict(), "x")
+
+
+def test_resume_under_another_setting_names_the_file_and_the_setting(
+    saved: tuple[nn.Module, Path], tmp_path: Path
+) -> None:
+    """The training state of a run with num_classes=3, resumed by a config with 4: the checkpoint and the
+    setting are named before anything is loaded (PyTorch alone reports a size mismatch of some tensor)."""
+    from masksam.engines import TrainingCheckpointHandler
+
+    model, _ = saved
+    trainer_state = {"epoch": 2, "epoch_length": 1, "max_epochs": 5}
+    torch.save({"model": model.state_dict(), "trainer": trainer_state}, tmp_path / "checkpoint_2.pt")
+    other = tiny(num_classes=4)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    handler = TrainingCheckpointHandler(str(tmp_path), {"model": other})
+    trainer = Engine(lambda e, b: None)
+    handler.attach(trainer)
+    with pytest.raises(CheckpointError, match=r"checkpoint_2\.pt.*\n.*trained with num_classes=3, this config has 4"):
+        handler.load(trainer)
+    for key, value in other.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed before the error"
+    same = tiny()
+    handler = TrainingCheckpointHandler(str(tmp_path), {"model": same})
+    handler.attach(trainer)
+    handler.load(trainer)  # the same settings resume
+    torch.testing.assert_close(
+        same.state_dict()["network.stem.out.weight"], model.state_dict()["network.stem.out.weight"]
+    )
