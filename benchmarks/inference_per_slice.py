@@ -47,8 +47,9 @@ from typing import Any
 import torch
 from common import begin_benchmark, print_result, run_child, synchronize
 
+# Only names the baseline commits have too: a child process may import another commit's package.
 import masksam
-from masksam.backbones import build_encoder3d, build_sam
+from masksam.backbones import build_sam
 from masksam.inferers import SemanticWrapper
 from masksam.networks import build_masksam
 
@@ -101,6 +102,8 @@ class PartTimer:
 
 
 def run_config(backbone: str, size: int, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    from masksam.backbones import build_encoder3d
+
     torch.manual_seed(0)
     kw = network_kwargs(backbone, args)
     with warnings.catch_warnings():

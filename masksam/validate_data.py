@@ -123,17 +123,17 @@ def _check_item(item: Any, where: str, labelled: bool, base_dir: str, check_kwar
 
 def _validate(
     datalist: str | os.PathLike[str],
-    dataset_dir: str | os.PathLike[str] | None = None,
-    num_classes: int | None = None,
-    in_channels: int | None = None,
-    keys: str | Sequence[str] | None = None,
-    spatial_dims: int = 3,
-    check_finite: bool = True,
-    max_anisotropy: float | None = 10.0,
-    affine_atol: float = 1e-3,
-    progress: bool = True,
+    dataset_dir: str | os.PathLike[str] | None,
+    keys: str | Sequence[str] | None,
+    progress: bool,
+    check: dict[str, Any],
 ) -> tuple[list[Problem], int, dict[str, Any]]:
-    """``validate_datalist`` plus the number of cases checked and the settings used, for the report."""
+    """``validate_datalist`` plus the number of cases checked and the settings used, for the report.
+
+    ``check`` holds ``validate_datalist``'s arguments for the volume checks (``num_classes``, ``in_channels``,
+    ``spatial_dims``, ``check_finite``, ``max_anisotropy``, ``affine_atol``).
+    """
+    num_classes, in_channels = check["num_classes"], check["in_channels"]
     path = os.fspath(datalist)
     lists, explicit = _parse_keys(keys)
     try:
@@ -161,13 +161,7 @@ def _validate(
             problems.append(Problem(path, name, f"the {name!r} list of the datalist is empty", severity=severity))
         else:
             cases += [(f"{name}[{i}]", item, name in _LABELLED) for i, item in enumerate(items)]
-    check_kwargs = {
-        **settings,
-        "spatial_dims": spatial_dims,
-        "check_finite": check_finite,
-        "max_anisotropy": max_anisotropy,
-        "affine_atol": affine_atol,
-    }
+    check_kwargs = {**check, **settings}
     from monai.utils import optional_import
 
     tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
@@ -208,10 +202,9 @@ def validate_datalist(
         the problems; ``item`` says where each case sits (``training[3]``). Items of ``training`` and
         ``validation`` need a label; ``testing`` items are checked as images (and labels where given).
     """
-    return _validate(
-        datalist, dataset_dir, num_classes, in_channels, keys, spatial_dims, check_finite, max_anisotropy,
-        affine_atol, progress,
-    )[0]  # fmt: skip
+    check = {"num_classes": num_classes, "in_channels": in_channels, "spatial_dims": spatial_dims,
+             "check_finite": check_finite, "max_anisotropy": max_anisotropy, "affine_atol": affine_atol}  # fmt: skip
+    return _validate(datalist, dataset_dir, keys, progress, check)[0]
 
 
 def format_report(problems: Sequence[Problem], num_cases: int, datalist: str = "") -> str:
@@ -249,10 +242,9 @@ def main(
         output = str(output)
         if os.path.abspath(output) == os.path.abspath(datalist):
             raise ValueError(f"output {output!r} is the datalist itself: choose another report file")
-    problems, num_cases, settings = _validate(
-        datalist, dataset_dir, num_classes, in_channels, keys, spatial_dims, check_finite, max_anisotropy,
-        affine_atol, progress,
-    )  # fmt: skip
+    check = {"num_classes": num_classes, "in_channels": in_channels, "spatial_dims": spatial_dims,
+             "check_finite": check_finite, "max_anisotropy": max_anisotropy, "affine_atol": affine_atol}  # fmt: skip
+    problems, num_cases, settings = _validate(datalist, dataset_dir, keys, progress, check)
     print(format_report(problems, num_cases, datalist), flush=True)
     n_err = sum(p.severity == "error" for p in problems)
     if output is not None:

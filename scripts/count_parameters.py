@@ -18,15 +18,15 @@ from masksam.adapters import (
     masksam_block_adapters,
     med_sa_block_adapters,
 )
-from masksam.backbones import SAM_PRESETS, SamViTEncoder3D, build_sam
+from masksam.backbones import build_encoder3d, build_sam
 from masksam.networks import build_masksam
 
 FAMILIES = {
-    "masksam depth-conv (hidden C/4, research code)": lambda c, d: masksam_block_adapters(c, d),
-    "masksam depth-conv (hidden 32, bundle default)": lambda c, d: masksam_block_adapters(c, d, hidden_dim=32),
-    "ma_sam FacT r=32 + 3D adapters (hidden 384)": lambda c, d: ma_sam_block_adapters(c, d),
-    "med_sa bottleneck + SD-Trans (hidden C/4)": lambda c, d: med_sa_block_adapters(c, d),
-    "lora q/v r=4": lambda c, d: lora_block_adapters(c, d),
+    "masksam depth-conv (hidden C/4, research code)": lambda: masksam_block_adapters(),
+    "masksam depth-conv (hidden 32, bundle default)": lambda: masksam_block_adapters(hidden_dim=32),
+    "ma_sam FacT r=32 + 3D adapters (hidden 384)": lambda: ma_sam_block_adapters(),
+    "med_sa bottleneck + SD-Trans (hidden C/4)": lambda: med_sa_block_adapters(),
+    "lora q/v r=4": lambda: lora_block_adapters(),
 }
 
 
@@ -34,10 +34,9 @@ def main() -> None:
     rows = []
     with torch.device("meta"):
         for backbone in ("vit_b", "vit_h"):
-            preset = SAM_PRESETS[backbone]
             for name, make in FAMILIES.items():
                 sam = build_sam(backbone, image_size=512)
-                encoder = SamViTEncoder3D(sam.image_encoder, make(preset.embed_dim, preset.depth))
+                encoder = build_encoder3d(sam.image_encoder, make())
                 total, trainable = mark_trainable(encoder, types=(Adapter,))
                 rows.append((f"{backbone} encoder + {name}", total, trainable))
             for label, kw in (

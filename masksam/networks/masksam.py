@@ -373,7 +373,8 @@ def build_masksam(
             block, prompt-generator stage and decoder layer, and the final 3D CNN.
         query_chunk_size: decode at most this many queries at a time (None: all; see :class:`MaskSAM`).
         compile: compile the network's forward with ``torch.compile`` (in place: parameter names and
-            state dicts stay those of the plain network); the first call of each input shape compiles.
+            state dicts stay those of the plain network), with the 3D CNNs' weights channels-last; the
+            first call of each input shape compiles.
 
     Returns:
         the network, with its build settings recorded (all arguments except the run-time switches
@@ -407,5 +408,9 @@ def build_masksam(
     model.mark_trainable()
     logger.debug("%s", format_parameter_counts(model, f"MaskSAM[{backbone}]"))
     if compile:
+        # Inductor writes the norms and activations itself, layout-agnostic, while oneDNN's and cuDNN's 3D
+        # convolutions run faster on channels-last tensors (docs/performance.md, "torch.compile").
+        for part in (model.prompt_generator, model.mask_head):
+            part.to(memory_format=torch.channels_last_3d)
         model.compile()
     return model
