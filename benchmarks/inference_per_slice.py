@@ -23,8 +23,8 @@ a MaskSAM forward is printed beside its wall time. ``tiny`` uses the test config
 Commits side by side (``--baseline REV``, ``--compile``): per configuration, fresh child processes time
 the bundles' call (``torch.no_grad``, one patch) with this checkout's code, with it compiled
 (``build_masksam(compile=True)``; the compilation runs in the warm-up), and with the code of ``REV``
-(checked out in a ``git worktree`` under ``build/``, imported through ``PYTHONPATH``); the ratios to the
-baseline are printed.
+(checked out in a temporary ``git worktree`` under ``build/``, imported through ``PYTHONPATH``); the ratios
+to the baseline are printed.
 
     python benchmarks/inference_per_slice.py                       # vit_b:256, tiny:32, lite_medsam:128
     python benchmarks/inference_per_slice.py --configs vit_b:512 --repeats 1   # bundle size, ~3 min
@@ -39,8 +39,10 @@ import contextlib
 import os
 import statistics
 import subprocess
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -202,13 +204,17 @@ def measure_commit(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def baseline_tree(rev: str) -> Path:
-    """A ``git worktree`` of ``rev`` under ``build/`` (made once, reused)."""
+@contextlib.contextmanager
+def baseline_tree(rev: str, parent: Path) -> Iterator[Path]:
+    """A ``git worktree`` of ``rev`` in a new folder under ``parent``, removed afterwards."""
     sha = subprocess.run(["git", "rev-parse", rev], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
-    tree = REPO / "build" / f"baseline-{sha[:12]}"
-    if not (tree / "masksam" / "__init__.py").is_file():
-        subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), sha], cwd=REPO, check=True)
-    return tree
+    parent.mkdir(parents=True, exist_ok=True)
+    tree = Path(tempfile.mkdtemp(prefix=f"baseline-{sha[:12]}-", dir=parent))
+    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(tree), sha], cwd=REPO, check=True)
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
 
 
 def compare_commits(config: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
@@ -222,11 +228,12 @@ def compare_commits(config: str, args: argparse.Namespace, device: torch.device,
     variants: dict[str, tuple[dict, dict[str, str]]] = {"current": (spec, {})}
     if args.compile:
         variants["current_compiled"] = ({**spec, "compile": True}, {})
-    if args.baseline:
-        tree = baseline_tree(args.baseline)
-        variants["baseline"] = (spec, {"PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     extra = [f"--threads={torch.get_num_threads()}"]
-    results = {name: run_child(__file__, s, extra, env=env) for name, (s, env) in variants.items()}
+    with contextlib.ExitStack() as stack:
+        if args.baseline:
+            tree = stack.enter_context(baseline_tree(args.baseline, Path(args.worktree_dir)))
+            variants["baseline"] = (spec, {"PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+        results = {name: run_child(__file__, s, extra, env=env) for name, (s, env) in variants.items()}
     row: dict[str, Any] = {"config": config, "baseline": args.baseline, "variants": results}
     if args.baseline:
         base = results["baseline"]["per_slice_s"]
@@ -246,6 +253,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--baseline", default=None, help="a commit to time beside this checkout (git worktree)")
     parser.add_argument("--compile", action="store_true", help="also time this checkout with compile=True")
+    parser.add_argument("--worktree-dir", default=str(REPO / "build"), help="where the baseline's worktree goes")
     parser.add_argument("--no-parts", action="store_true", help="skip the in-process timing (with --baseline)")
     started = begin_benchmark(parser, measure_commit)
     if started is None:

@@ -57,6 +57,21 @@ def test_inference_and_sliding_window_benchmarks_run() -> None:
     assert window["pred_shape"] == [1, 2, 40, 36, 10] and window["windows"] >= 4
 
 
+def test_inference_benchmark_times_a_baseline_commit(tmp_path: Path) -> None:
+    """``--baseline REV``: the baseline runs from a temporary git worktree of REV (removed afterwards). The
+    compiled variant (``--compile``) runs the same child with ``compile=True`` (tests/networks/test_compile.py)."""
+    result = run("inference_per_slice.py", "--configs", "tiny:32", "--repeats", "1", "--no-parts",
+                 "--baseline", "HEAD", "--worktree-dir", str(tmp_path))  # fmt: skip
+    assert result["rows"] == [], "--no-parts: only the child processes"
+    (row,) = result["commits"]
+    variants = row["variants"]
+    assert set(variants) == {"current", "baseline"}
+    assert Path(variants["baseline"]["package"]).parent.parent == tmp_path, "the baseline imports the worktree"
+    assert Path(variants["current"]["package"]) == BENCHMARKS.parent / "masksam"
+    assert set(row["ratios_vs_baseline"]) == {"current"}
+    assert list(tmp_path.iterdir()) == [], "the worktree is removed"
+
+
 def test_train_step_benchmark_can_measure_the_checkpointed_step_alone() -> None:
     """Where a step without checkpointing would not fit, only the checkpointed one runs (and no timing)."""
     result = run("train_step.py", "--backbone", "tiny", "--size", "32", "--slices", "4", "--queries", "3",
