@@ -274,7 +274,7 @@ def main() -> None:
         print(
             f"{config:16s} T={row['slices']} Q={row['queries']} K={row['classes']}  per slice: masksam "
             f"{per['masksam']:.3f}s, our encoder {per['our_encoder']:.3f}s (ratio {row['ratio_vs_our_encoder']:.2f}), "
-            f"segment_anything's encoder {per['sam_encoder']:.3f}s (ratio {row['ratio_vs_sam_encoder']:.2f})"
+            f"the backbone's own encoder {per['sam_encoder']:.3f}s (ratio {row['ratio_vs_sam_encoder']:.2f})"
             f"  | one forward {row['time_s']['masksam']:.2f}s wall, "
             f"{row['masksam_cpu_s']:.1f}s CPU  | under no_grad instead of inference_mode: "
             f"x{row['no_grad_vs_inference_mode']:.3f}  | parts {row['masksam_parts_s']}",

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -45,8 +45,9 @@ class BlockAdapters(nn.Module):
         self.parallel_mlp_scale = parallel_mlp_scale
 
 
-#: Makes the adapters of one encoder block from that block's token width (None: the block stays as it is).
-BlockAdapterFactory = Callable[[int], "BlockAdapters | None"]
+#: Makes the adapters of an encoder's blocks from their token widths, one entry per block in order (None: that
+#: block stays as it is). Called once per encoder, so adapters shared across blocks are shared within it only.
+BlockAdapterFactory = Callable[[Sequence[int]], Sequence["BlockAdapters | None"]]
 
 
 class DecoderAdapters(nn.Module):

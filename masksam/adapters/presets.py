@@ -1,13 +1,15 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
 """Per-method adapter sets (the only place with their sizes).
 
-Encoder presets return a factory ``make(dim) -> BlockAdapters`` that
-:func:`masksam.backbones.build_encoder3d` calls once per transformer block with the block's token width,
-so the same preset fills SAM's ViTs (one width) and LiteMedSAM's TinyViT (a width per stage). Decoder
+Encoder presets return a factory (:data:`~masksam.adapters.BlockAdapterFactory`) that
+:func:`masksam.backbones.build_encoder3d` calls once with the token width of every transformer block, so
+the same preset fills SAM's ViTs (one width) and LiteMedSAM's TinyViT (a width per stage). Decoder
 presets return the :class:`~masksam.networks.mask_decoder.DecoderAdapters` of each two-way layer.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -26,6 +28,15 @@ __all__ = [
     "masksam_decoder_adapters",
     "med_sa_block_adapters",
 ]
+
+
+def _per_block(make: Callable[[int], BlockAdapters]) -> BlockAdapterFactory:
+    """A factory making each block's adapters from its width alone (nothing shared between blocks)."""
+
+    def build(dims: Sequence[int]) -> list[BlockAdapters]:
+        return [make(dim) for dim in dims]
+
+    return build
 
 
 def _hidden(dim: int, hidden_dim: int | None, ratio: float) -> int:
@@ -50,7 +61,7 @@ def masksam_block_adapters(
             parallel_mlp_scale=0.5,
         )
 
-    return make
+    return _per_block(make)
 
 
 def ma_sam_block_adapters(
@@ -58,20 +69,22 @@ def ma_sam_block_adapters(
 ) -> BlockAdapterFactory:
     """MA-SAM: FacT-TT on q/v and 3D adapters before attention and before the MLP of every block.
 
-    The FacT factors ``U``, ``V`` are shared by all blocks of one width (all blocks of a ViT; each stage of
-    TinyViT).
+    The FacT factors ``U``, ``V`` are shared by the blocks of one width of one encoder (all blocks of a ViT;
+    each stage of TinyViT); each call of the factory makes new ones.
     """
-    factors: dict[int, FacTFactors] = {}
 
-    def make(dim: int) -> BlockAdapters:
-        shared = factors.setdefault(dim, FacTFactors(dim, rank))
-        return BlockAdapters(
-            pre_attn=SliceConvAdapter3D(dim, hidden_dim, kernel_size),
-            qkv=FacTQKV(shared, dropout=fact_dropout),
-            pre_mlp=SliceConvAdapter3D(dim, hidden_dim, kernel_size),
-        )
+    def build(dims: Sequence[int]) -> list[BlockAdapters]:
+        factors = {dim: FacTFactors(dim, rank) for dim in dict.fromkeys(dims)}
+        return [
+            BlockAdapters(
+                pre_attn=SliceConvAdapter3D(dim, hidden_dim, kernel_size),
+                qkv=FacTQKV(factors[dim], dropout=fact_dropout),
+                pre_mlp=SliceConvAdapter3D(dim, hidden_dim, kernel_size),
+            )
+            for dim in dims
+        ]
 
-    return make
+    return build
 
 
 def med_sa_block_adapters(
@@ -88,7 +101,7 @@ def med_sa_block_adapters(
             parallel_mlp_scale=0.5,
         )
 
-    return make
+    return _per_block(make)
 
 
 def lora_block_adapters(rank: int = 4, alpha: float | None = None) -> BlockAdapterFactory:
@@ -97,7 +110,7 @@ def lora_block_adapters(rank: int = 4, alpha: float | None = None) -> BlockAdapt
     def make(dim: int) -> BlockAdapters:
         return BlockAdapters(qkv=LoRAQKV(dim, rank, alpha))
 
-    return make
+    return _per_block(make)
 
 
 def masksam_decoder_adapters(

@@ -138,7 +138,7 @@ class TemplateAlgo(BundleAlgo):
             if kwargs.pop(unsupported, None):
                 logger.warning("%s: %s is not supported, ignored", type(self).__name__, unsupported)
         config_path = os.path.join(algo_path, "configs", self.config_file)
-        parser = compose_config(bundle_dir(self.bundle), ConfigParser.load_config_file(config_path))
+        parser = compose_config(bundle_dir(self.bundle, self.template_path), ConfigParser.load_config_file(config_path))
 
         if kwargs.pop("fill_with_datastats", True):
             values = self.settings(data_stats_filename, parser)
@@ -214,8 +214,8 @@ class MasksamAlgo(TemplateAlgo):
     """Auto3DSeg algorithm ``masksam``: the MaskSAM bundle (:func:`masksam.networks.build_masksam`) on one fold.
 
     Adds MaskSAM's own settings to the generic ones: slices per patch from the depth and anisotropy
-    (:func:`~masksam.auto3dseg.heuristics.num_slices`) and queries from the classes
-    (:func:`~masksam.auto3dseg.heuristics.num_queries`).
+    (:func:`~masksam.auto3dseg.method_heuristics.num_slices`) and queries from the classes
+    (:func:`~masksam.auto3dseg.method_heuristics.num_queries`).
     """
 
     bundle = "masksam"

@@ -29,20 +29,27 @@ def template_dir() -> Path:
     return root
 
 
-def bundle_dir(name: str) -> Path:
-    """The folder of bundle ``name`` in this source tree (``bundles/<name>``), which its template builds on.
+def bundle_dir(name: str, template_path: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of bundle ``name`` (``bundles/<name>``), which its template builds on.
+
+    Looked for beside the templates folder (``<template_path>/../bundles/<name>``, the layout of this repository)
+    and then in the source tree the package was installed from.
 
     Raises:
-        FileNotFoundError: no such bundle, or the package was installed without its source tree.
+        FileNotFoundError: the bundle is in neither place.
     """
     import masksam
 
-    path = Path(masksam.__file__).resolve().parent.parent / "bundles" / name
-    if not (path / "configs" / "train.yaml").is_file():
-        raise FileNotFoundError(
-            f"bundle configs not found at {path}: install masksam from its source tree (pip install -e .)"
-        )
-    return path
+    roots = [Path(template_path).resolve().parent] if template_path is not None else []
+    roots.append(Path(masksam.__file__).resolve().parent.parent)
+    for root in roots:
+        path = root / "bundles" / name
+        if (path / "configs" / "train.yaml").is_file():
+            return path
+    raise FileNotFoundError(
+        f"the {name!r} bundle's configs (bundles/{name}/configs/train.yaml), which its Auto3DSeg template builds on, "
+        f"are not under {' or '.join(str(r) for r in roots)}: install masksam from its source tree (pip install -e .)"
+    )
 
 
 def algo_entry(name: str, template_path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, str]]:

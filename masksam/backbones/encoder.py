@@ -8,8 +8,9 @@ reassigned inside the wrapped modules, and the frozen weights keep their own mod
 checkpoint keys). :func:`build_encoder3d` assembles either family from a built image encoder.
 
 Layout: inputs ``(B*D, 3, S, S)`` with the D slices of a stack consecutive (``n = b * D + d``); inside a
-block, tokens are channels-last grids ``(B*D, h, w, C)``, never window-partitioned where an adapter sees
-them; returned features are channels-first ``(B*D, C, h, w)``.
+block, tokens are channels-last grids ``(B*D, h, w, C)``, never window-partitioned where a slice-aware
+adapter sees them (only the per-token ``qkv`` update runs inside the windowed attention); returned features
+are channels-first ``(B*D, C, h, w)``.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ class AdaptedBlock(nn.Module, ABC):
         x = x + pre_mlp(x)
         x = x + mlp(norm2(x)) + parallel_mlp_scale * parallel_mlp(norm2(x))
 
-    where each adapter term is present only when its slot is filled, every adapter sees the full,
-    un-windowed grid (window partitioning is confined to the frozen attention), and ``attend`` is the
-    block's frozen attention on normalised ``(N, a, b, C)`` grids. Subclasses supply the family's parts.
+    where each adapter term is present only when its slot is filled, every adapter but the per-token ``qkv``
+    update (which runs inside the attention, on its windows) sees the full, un-windowed grid, and ``attend``
+    is the block's frozen attention on normalised ``(N, a, b, C)`` grids. Subclasses supply the family's parts.
     """
 
     def __init__(self, block: nn.Module, adapters: BlockAdapters | None = None) -> None:
@@ -153,7 +154,10 @@ def _tiny_vit_bias(attn: nn.Module, a: int, b: int) -> torch.Tensor:
     if a == b == r:
         return attn.attention_biases[:, attn.attention_bias_idxs]
     if a > r or b > r:
-        raise ValueError(f"TinyViT attention of window {r}x{r} cannot attend over a {a}x{b} grid")
+        raise ValueError(
+            f"TinyViT attention of window {r}x{r} cannot attend over a {a}x{b} grid (Space-Depth Transpose lays "
+            f"num_slices out as a near-square grid: choose num_slices whose grid fits {r}x{r})"
+        )
     ys, xs = torch.meshgrid(torch.arange(a), torch.arange(b), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
     index = (ys[:, None] - ys[None, :]).abs() * r + (xs[:, None] - xs[None, :]).abs()
@@ -202,6 +206,9 @@ class AdaptedTinyViTBlock(AdaptedBlock):
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         m = self.block.mlp
         return m.drop(m.fc2(m.drop(m.act(m.fc1(x)))))
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def _check_slices(x: torch.Tensor, image_size: int, num_slices: int) -> None:
@@ -291,7 +298,9 @@ class TinyViTEncoder3D(nn.Module):
     """LiteMedSAM's TinyViT encoder over stacks of slices, with :class:`BlockAdapters` in its attention blocks.
 
     Stage 0 (MBConv at full resolution) runs as it is; each block of the three attention stages is an
-    :class:`AdaptedTinyViTBlock`.
+    :class:`AdaptedTinyViTBlock`. TinyViT's batch norms whose parameters are frozen stay in eval mode when
+    the encoder trains: their running statistics are pretrained weights, not to be re-estimated from
+    training batches.
 
     Args:
         encoder: the image encoder of :func:`masksam.backbones.build_lite_medsam`.
@@ -335,6 +344,13 @@ class TinyViTEncoder3D(nn.Module):
         self.feature_strides = [self.img_size // sides[i] for i in self.out_indices] + [self.img_size // sides[-1]]
         self.embed_dim = widths[0]
 
+    def train(self, mode: bool = True) -> TinyViTEncoder3D:
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, _BATCH_NORMS) and not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+        return self
+
     @staticmethod
     def _grid(tokens: torch.Tensor, side: int) -> torch.Tensor:
         return tokens.reshape(tokens.shape[0], side, -1, tokens.shape[-1])
@@ -372,7 +388,7 @@ def build_encoder3d(
     Args:
         image_encoder: ``build_sam(name, ...).image_encoder`` for any backbone: a ``segment_anything``
             ``ImageEncoderViT`` (ViT-B/L/H, MedSAM, tiny) or LiteMedSAM's TinyViT.
-        block_adapters: called with each transformer block's token width, in order, to make its
+        block_adapters: called once with the token widths of the transformer blocks, in order, to make their
             :class:`BlockAdapters` (the presets of :mod:`masksam.adapters.presets`); None: no adapters.
         slice_embedding: when given, the number of slices D of a learnable per-slice embedding
             (zero-initialised) added to the tokens before the first transformer block.
@@ -396,7 +412,7 @@ def build_encoder3d(
         dims = [layer.dim for layer in layers[1:] for _ in layer.blocks]
     else:
         raise TypeError(f"expected a SAM ViT or LiteMedSAM TinyViT image encoder, got {type(image_encoder).__name__}")
-    adapters = [block_adapters(dim) for dim in dims] if block_adapters is not None else None
+    adapters = list(block_adapters(dims)) if block_adapters is not None else None
     embedding = SliceEmbedding(slice_embedding, width) if slice_embedding is not None else None
     return family(
         image_encoder,

@@ -54,28 +54,38 @@ def _check(items: list[dict[str, Any]], what: str, path: str, keys: tuple[str, .
 
 
 def training_items(
-    datalist: str | os.PathLike[str], base_dir: str | None = None, fold: int = 0, key: str = "training"
+    datalist: str | os.PathLike[str],
+    base_dir: str | None = None,
+    fold: int = 0,
+    key: str = "training",
+    validation_list: bool = True,
 ) -> list[dict[str, Any]]:
     """Training items: the ``training`` list minus the items of validation ``fold`` (when items carry a ``fold``).
 
-    When the datalist has its own ``validation`` list, every ``training`` item is used. Relative paths are
-    joined to ``base_dir`` (default: the datalist's folder). Missing files raise ``FileNotFoundError``.
+    When the datalist has its own ``validation`` list and ``validation_list`` is true, every ``training`` item
+    is used (with ``validation_list=False`` the folds decide, as in Auto3DSeg's cross-validation). Relative
+    paths are joined to ``base_dir`` (default: the datalist's folder). Missing files raise ``FileNotFoundError``.
     """
     data = read_datalist(datalist)
     base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist))
     items = _resolve(list(data.get(key, [])), base, ("image", "label"))
-    if "validation" not in data and any("fold" in i for i in items):
+    if not (validation_list and "validation" in data) and any("fold" in i for i in items):
         items = [i for i in items if i.get("fold") != fold]
     return _check(items, key, os.fspath(datalist), ("image", "label"))
 
 
 def validation_items(
-    datalist: str | os.PathLike[str], base_dir: str | None = None, fold: int = 0, key: str = "training"
+    datalist: str | os.PathLike[str],
+    base_dir: str | None = None,
+    fold: int = 0,
+    key: str = "training",
+    validation_list: bool = True,
 ) -> list[dict[str, Any]]:
-    """Validation items: the datalist's ``validation`` list if present, else the ``training`` items of ``fold``."""
+    """Validation items: the datalist's ``validation`` list if present (and ``validation_list``), else the
+    ``training`` items of ``fold``."""
     data = read_datalist(datalist)
     base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist))
-    if "validation" in data:
+    if validation_list and "validation" in data:
         items = _resolve(list(data["validation"]), base, ("image", "label"))
         return _check(items, "validation", os.fspath(datalist), ("image", "label"))
     items = [i for i in _resolve(list(data.get(key, [])), base, ("image", "label")) if i.get("fold") == fold]

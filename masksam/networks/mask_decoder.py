@@ -39,7 +39,7 @@ class AdaptedTwoWayTransformer(nn.Module):
         transformer: a finished ``segment_anything`` ``TwoWayTransformer`` (e.g. ``sam.mask_decoder.transformer``).
         layer_adapters: one :class:`DecoderAdapters` (or None) per two-way layer; default none.
         final_adapter: optional adapter on the final token-to-image attention output ``(N, T, C)``.
-        gradient_checkpointing: recompute each layer in the backward pass.
+        gradient_checkpointing: recompute each layer and the final attention in the backward pass.
     """
 
     def __init__(
@@ -138,12 +138,18 @@ class AdaptedTwoWayTransformer(nn.Module):
                 (h, w),
                 num_slices,
             )
-        t = self.transformer
-        a = sam_decoder_attention(
-            t.final_attn_token_to_image, queries + point_embedding, self._add_pe(keys, key_pe), keys
+        queries = maybe_checkpoint(
+            self.gradient_checkpointing, self._final, queries, keys, point_embedding, key_pe, num_slices
         )
-        queries = t.norm_final_attn(queries + _plus(a, self.final_adapter, num_slices))
         return queries, keys
+
+    def _final(
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor, num_slices: int
+    ) -> torch.Tensor:
+        """The final token-to-image attention with its adapter, and its norm."""
+        t = self.transformer
+        a = sam_decoder_attention(t.final_attn_token_to_image, queries + query_pe, self._add_pe(keys, key_pe), keys)
+        return t.norm_final_attn(queries + _plus(a, self.final_adapter, num_slices))
 
 
 def hypernetwork_masks(

@@ -409,7 +409,7 @@ def build_masksam(
     logger.debug("%s", format_parameter_counts(model, f"MaskSAM[{backbone}]"))
     if compile:
         # Inductor writes the norms and activations itself, layout-agnostic, while oneDNN's and cuDNN's 3D
-        # convolutions run faster on channels-last tensors (docs/performance.md, "torch.compile").
+        # convolutions run faster on channels-last tensors (docs/performance.md, "Policy").
         for part in (model.prompt_generator, model.mask_head):
             part.to(memory_format=torch.channels_last_3d)
         model.compile()

@@ -4,10 +4,12 @@
 A network built by a builder decorated with :func:`records_build_settings` remembers the builder and
 the keyword arguments that shape its architecture (``num_classes``, ``image_size``, ``num_slices``...;
 not run-time switches such as ``gradient_checkpointing``). Its ``state_dict()`` carries them as the
-module's extra state (``<prefix>_extra_state``: a uint8 tensor of JSON, so every state-dict consumer
-that expects tensors, ``weights_only`` loading and MONAI's ``copy_model_state`` included, keeps
-working). :func:`build_settings_differences` compares a state dict's settings with a model's, and
-``load_state_dict`` refuses weights built with other settings.
+module's extra state (``<prefix>_extra_state``: a uint8 tensor of JSON, so state-dict consumers that
+expect tensors and ``weights_only`` loading keep working). :func:`build_settings_differences` compares a
+state dict's settings with a model's; the package's loaders (:mod:`masksam.engines.weights`) do so before
+loading and name each setting that differs. ``load_state_dict`` itself only warns, so that partial loads
+for fine-tuning (``strict=False``, MONAI's ``copy_model_state``) keep working; a network keeps the record
+of its own build.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
-
-from masksam.backbones.sam import CheckpointError
 
 __all__ = [
     "EXTRA_STATE_SUFFIX",
@@ -36,9 +38,13 @@ EXTRA_STATE_SUFFIX = "_extra_state"
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
+logger = logging.getLogger(__name__)
+
 
 def _plain(value: Any) -> Any:
-    """JSON-safe copy: tuples become lists; values of other types their ``str``."""
+    """JSON-safe copy: tuples become lists, NumPy scalars Python numbers; values of other types their ``str``."""
+    if isinstance(value, numbers.Number) and hasattr(value, "item"):  # NumPy and 0-d torch scalars
+        value = value.item()
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, Mapping):
@@ -83,13 +89,14 @@ class RecordsBuildSettings(nn.Module):
         return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
 
     def set_extra_state(self, state: Any) -> None:
+        """Keep this network's own record; warn when the loaded weights were built with other settings."""
         saved = decode_build_settings(state)
         if saved is None or self.build_record is None:
             return
         diffs = build_settings_differences(saved, self.build_record)
         if diffs:
             listed = "; ".join(f"{k}: weights {a!r}, this network {b!r}" for k, a, b in diffs)
-            raise CheckpointError(f"these weights were built with other settings than this network ({listed})")
+            logger.warning("loading weights built with other settings than this network (%s)", listed)
 
 
 def records_build_settings(*runtime: str) -> Callable[[F], F]:

@@ -89,7 +89,8 @@ def test_low_rank_updates_touch_q_and_v_only() -> None:
 
 def test_fact_factors_are_shared_and_counted_once() -> None:
     make = ma_sam_block_adapters(rank=4, hidden_dim=8)
-    adapters = [make(32) for _ in range(4)]
+    adapters = make([32] * 4)
+    assert make([32])[0].qkv.factors is not adapters[0].qkv.factors, "each encoder gets its own factors"
     assert adapters[0].qkv.factors is adapters[3].qkv.factors
     model = nn.ModuleList(adapters)
     per_block = sum(p.numel() for p in adapters[0].parameters()) - sum(

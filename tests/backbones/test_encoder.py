@@ -216,3 +216,18 @@ def test_bad_arguments_are_clear(vit: nn.Module) -> None:
         build_encoder3d(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"expected \(B\*D, 3, 64, 64\) slices"):
         build_encoder3d(vit)(torch.randn(2, 3, 32, 32), 1)
+
+
+def test_frozen_tiny_vit_batch_norms_keep_their_statistics_in_training(tiny_vit: nn.Module) -> None:
+    """TinyViT's batch norms are pretrained weights: with frozen parameters they stay in eval mode."""
+    encoder = build_encoder3d(tiny_vit, lora_block_adapters())
+    encoder.requires_grad_(False)
+    norms = [m for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms, "TinyViT has batch norms (patch embedding, MBConv, local convolutions)"
+    before = [n.running_mean.clone() for n in norms]
+    encoder.train()
+    encoder(torch.randn(2, 3, 64, 64), 2)
+    assert encoder.training and not any(n.training for n in norms)
+    for n, mean in zip(norms, before, strict=True):
+        assert torch.equal(n.running_mean, mean)
+    encoder.eval()  # the module-level fixture is shared with other tests

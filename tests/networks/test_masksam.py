@@ -9,7 +9,6 @@ from monai.networks.utils import one_hot
 from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 
 from masksam.adapters import Adapter
-from masksam.backbones import CheckpointError
 from masksam.inferers import SemanticWrapper
 from masksam.losses import HungarianMatcher, SetCriterion, slice_targets, volume_to_slices
 from masksam.networks import MASKSAM_OUTPUT_KEYS, MaskClassificationDecoder, build_masksam
@@ -116,8 +115,17 @@ def test_build_settings_are_recorded_without_run_time_switches() -> None:
     assert not {"checkpoint", "gradient_checkpointing", "query_chunk_size", "compile"} & set(record["settings"])
     other = tiny_masksam(num_classes=3)
     other.load_state_dict(model.state_dict())  # run-time switches do not stop the weights from loading
-    with pytest.raises(CheckpointError, match="num_classes: weights 3, this network 2"):
-        tiny_masksam().load_state_dict(model.state_dict())
+
+
+def test_fine_tuning_from_weights_of_other_settings_loads_what_fits(caplog: pytest.LogCaptureFixture) -> None:
+    """MONAI's copy_model_state (a partial load for fine-tuning) takes what fits; the record stays this network's."""
+    from monai.networks.utils import copy_model_state
+
+    source, target = tiny_masksam(num_classes=3), tiny_masksam(num_classes=2)
+    _, updated, unchanged = copy_model_state(target, source)
+    assert "decoder.class_head.linear.weight" in unchanged and "stem.out.weight" in updated
+    assert "other settings than this network (num_classes: weights 3, this network 2)" in caplog.text
+    assert target.build_record["settings"]["num_classes"] == 2
 
 
 def test_multichannel_input() -> None:
@@ -214,6 +222,7 @@ def test_gradient_checkpointing_recomputes_every_part_with_equal_gradients() -> 
         "encoder block": lambda m: m.encoder.blocks[0],
         "generator stage": lambda m: m.prompt_generator.fuse[-1],
         "decoder layer": lambda m: m.decoder.transformer.layer_adapters[0].token_to_image,
+        "decoder final attention": lambda m: m.decoder.transformer.transformer.norm_final_attn,
         "decoder heads": lambda m: m.decoder.output_upscaling,
         "mask head": lambda m: m.mask_head.layers[0],
     }
