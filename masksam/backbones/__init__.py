@@ -24,6 +24,7 @@ from masksam.backbones.sam import (
     read_state_dict,
     resize_pos_embed,
     resize_rel_pos,
+    sam_prompt_parts,
 )
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "read_state_dict",
     "resize_pos_embed",
     "resize_rel_pos",
+    "sam_prompt_parts",
 ]

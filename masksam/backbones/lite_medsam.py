@@ -12,7 +12,9 @@ import math
 import os
 
 import torch
-from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import Sam
+
+from masksam.backbones.sam import SAM_PRESETS, load_sam_checkpoint, sam_prompt_parts
 
 __all__ = ["build_lite_medsam", "lite_medsam_checkpoint_path", "LITE_MEDSAM_SHA256"]
 
@@ -96,29 +98,15 @@ def build_lite_medsam(
     """
     if image_size <= 0 or image_size % 64:
         raise ValueError(f"LiteMedSAM image_size must be a positive multiple of 64, got {image_size}")
-    grid = image_size // 4
     sam = Sam(
         image_encoder=_make_encoder(image_size),
-        prompt_encoder=PromptEncoder(
-            embed_dim=256,
-            image_embedding_size=(grid, grid),
-            input_image_size=(image_size, image_size),
-            mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-            transformer_dim=256,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
-        ),
+        # LiteMedSAM's prompt encoder and mask decoder are SAM's standard ones (those of ViT-B)
+        **sam_prompt_parts(SAM_PRESETS["vit_b"], image_size, image_size // 4),
         pixel_mean=[0.0, 0.0, 0.0],
         pixel_std=[255.0, 255.0, 255.0],
     )
     sam.eval()
     if checkpoint is not None:
-        from masksam.backbones.sam import load_sam_checkpoint
-
         load_sam_checkpoint(sam, checkpoint, strict=strict)
         sam.eval()  # refresh TinyViT's cached attention biases from the loaded parameters
     return sam

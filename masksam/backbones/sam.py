@@ -33,6 +33,7 @@ __all__ = [
     "resize_pos_embed",
     "resize_rel_pos",
     "global_attn_indexes",
+    "sam_prompt_parts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,31 @@ def global_attn_indexes(encoder: ImageEncoderViT) -> tuple[int, ...]:
     return tuple(i for i, blk in enumerate(encoder.blocks) if blk.window_size == 0)
 
 
+def sam_prompt_parts(preset: SamPreset, image_size: int, grid: int) -> dict[str, nn.Module]:
+    """SAM's prompt encoder and mask decoder of ``preset``, for square inputs of ``image_size`` whose image
+    embedding is ``grid x grid``: ``{"prompt_encoder": ..., "mask_decoder": ...}`` (keyword arguments of ``Sam``)."""
+    return {
+        "prompt_encoder": PromptEncoder(
+            embed_dim=preset.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=preset.mask_in_chans,
+        ),
+        "mask_decoder": MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=preset.decoder_depth,
+                embedding_dim=preset.prompt_embed_dim,
+                mlp_dim=preset.decoder_mlp_dim,
+                num_heads=preset.decoder_heads,
+            ),
+            transformer_dim=preset.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=preset.iou_head_hidden_dim,
+        ),
+    }
+
+
 def build_sam(
     name: str = "vit_b",
     image_size: int = 1024,
@@ -162,24 +188,7 @@ def build_sam(
             window_size=preset.window_size,
             global_attn_indexes=preset.global_attn_indexes,
         ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=preset.prompt_embed_dim,
-            image_embedding_size=(grid, grid),
-            input_image_size=(image_size, image_size),
-            mask_in_chans=preset.mask_in_chans,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(
-                depth=preset.decoder_depth,
-                embedding_dim=preset.prompt_embed_dim,
-                mlp_dim=preset.decoder_mlp_dim,
-                num_heads=preset.decoder_heads,
-            ),
-            transformer_dim=preset.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=preset.iou_head_hidden_dim,
-        ),
+        **sam_prompt_parts(preset, image_size, grid),
         pixel_mean=list(preset.pixel_mean),
         pixel_std=list(preset.pixel_std),
     )

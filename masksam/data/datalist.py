@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["read_datalist", "training_items", "validation_items", "inference_items"]
+__all__ = ["read_datalist", "split_items", "inference_items"]
 
 _IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.mhd")
 
@@ -53,45 +53,40 @@ def _check(items: list[dict[str, Any]], what: str, path: str, keys: tuple[str, .
     return items
 
 
-def training_items(
+def split_items(
     datalist: str | os.PathLike[str],
     base_dir: str | None = None,
     fold: int = 0,
     key: str = "training",
     validation_list: bool = True,
-) -> list[dict[str, Any]]:
-    """Training items: the ``training`` list minus the items of validation ``fold`` (when items carry a ``fold``).
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(training items, validation items)`` of validation ``fold``, as ``monai.auto3dseg.datafold_read``.
 
-    When the datalist has its own ``validation`` list and ``validation_list`` is true, every ``training`` item
-    is used (with ``validation_list=False`` the folds decide, as in Auto3DSeg's cross-validation). Relative
-    paths are joined to ``base_dir`` (default: the datalist's folder). Missing files raise ``FileNotFoundError``.
+    Items carrying ``fold == fold`` validate and the others train. When the datalist has its own
+    ``validation`` list and ``validation_list`` is true, that list validates and every ``key`` item trains
+    (with ``validation_list=False`` the folds decide, as in Auto3DSeg's cross-validation). Relative paths are
+    joined to ``base_dir`` (default: the datalist's folder).
+
+    Raises:
+        FileNotFoundError: a listed file is missing.
+        ValueError: no validation item (no ``validation`` list and no item of ``fold``), or an empty list.
     """
+    path = os.fspath(datalist)
     data = read_datalist(datalist)
-    base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist))
+    base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(path))
     items = _resolve(list(data.get(key, [])), base, ("image", "label"))
-    if not (validation_list and "validation" in data) and any("fold" in i for i in items):
-        items = [i for i in items if i.get("fold") != fold]
-    return _check(items, key, os.fspath(datalist), ("image", "label"))
-
-
-def validation_items(
-    datalist: str | os.PathLike[str],
-    base_dir: str | None = None,
-    fold: int = 0,
-    key: str = "training",
-    validation_list: bool = True,
-) -> list[dict[str, Any]]:
-    """Validation items: the datalist's ``validation`` list if present (and ``validation_list``), else the
-    ``training`` items of ``fold``."""
-    data = read_datalist(datalist)
-    base = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist))
     if validation_list and "validation" in data:
-        items = _resolve(list(data["validation"]), base, ("image", "label"))
-        return _check(items, "validation", os.fspath(datalist), ("image", "label"))
-    items = [i for i in _resolve(list(data.get(key, [])), base, ("image", "label")) if i.get("fold") == fold]
-    if not items:
-        raise ValueError(f"datalist {os.fspath(datalist)!r} has no 'validation' list and no {key} item of fold {fold}")
-    return _check(items, f"fold-{fold} validation", os.fspath(datalist), ("image", "label"))
+        train = items
+        val = _check(
+            _resolve(list(data["validation"]), base, ("image", "label")), "validation", path, ("image", "label")
+        )
+    else:
+        train = [i for i in items if i.get("fold") != fold] if any("fold" in i for i in items) else items
+        val = [i for i in items if i.get("fold") == fold]
+        if not val:
+            raise ValueError(f"datalist {path!r} has no 'validation' list and no {key} item of fold {fold}")
+        val = _check(val, f"fold-{fold} validation", path, ("image", "label"))
+    return _check(train, key, path, ("image", "label")), val
 
 
 def inference_items(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from masksam.data.datalist import training_items, validation_items
+from masksam.data.datalist import split_items
 
 
 @pytest.fixture
@@ -31,8 +31,10 @@ def names(items: list[dict]) -> list[str]:
 
 
 def test_a_validation_list_replaces_the_folds_unless_told_otherwise(datalist: Path) -> None:
-    assert names(training_items(datalist, fold=0)) == ["img_a.nii.gz", "img_b.nii.gz", "img_c.nii.gz"]
-    assert names(validation_items(datalist, fold=0)) == ["img_v.nii.gz"]
+    train, val = split_items(datalist, fold=0)
+    assert names(train) == ["img_a.nii.gz", "img_b.nii.gz", "img_c.nii.gz"] and names(val) == ["img_v.nii.gz"]
     # Auto3DSeg's cross-validation: the folds decide (as monai.auto3dseg.datafold_read)
-    assert names(training_items(datalist, fold=0, validation_list=False)) == ["img_b.nii.gz", "img_c.nii.gz"]
-    assert names(validation_items(datalist, fold=1, validation_list=False)) == ["img_b.nii.gz", "img_c.nii.gz"]
+    train, val = split_items(datalist, fold=1, validation_list=False)
+    assert names(train) == ["img_a.nii.gz"] and names(val) == ["img_b.nii.gz", "img_c.nii.gz"]
+    with pytest.raises(ValueError, match="no 'validation' list and no training item of fold 2"):
+        split_items(datalist, fold=2, validation_list=False)
