@@ -24,11 +24,11 @@ Commits side by side (``--baseline REV``, ``--compile``): per configuration, fre
 the bundles' call (``torch.no_grad``, one patch) with this checkout's code, with it compiled
 (``build_masksam(compile=True)``; the compilation runs in the warm-up), and with the code of ``REV``
 (checked out in a temporary ``git worktree`` under ``build/``, imported through ``PYTHONPATH``); the ratios
-to the baseline are printed.
+to the baseline are printed. ``--rounds N`` repeats the variants N times, interleaved, and takes medians.
 
     python benchmarks/inference_per_slice.py                       # vit_b:256, tiny:32, lite_medsam:128
     python benchmarks/inference_per_slice.py --configs vit_b:512 --repeats 1   # bundle size, ~3 min
-    python benchmarks/inference_per_slice.py --configs vit_b:512 --baseline 073ff27 --compile --repeats 2
+    python benchmarks/inference_per_slice.py --configs vit_b:512 --baseline 073ff27 --compile --rounds 3 --no-parts
     python benchmarks/inference_per_slice.py --device cuda --dtype bf16 --configs vit_b:512 vit_h:512
 """
 
@@ -229,16 +229,34 @@ def compare_commits(config: str, args: argparse.Namespace, device: torch.device,
     if args.compile:
         variants["current_compiled"] = ({**spec, "compile": True}, {})
     extra = [f"--threads={torch.get_num_threads()}"]
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
     with contextlib.ExitStack() as stack:
         if args.baseline:
             tree = stack.enter_context(baseline_tree(args.baseline, Path(args.worktree_dir)))
             variants["baseline"] = (spec, {"PYTHONPATH": f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
-        results = {name: run_child(__file__, s, extra, env=env) for name, (s, env) in variants.items()}
+            runs["baseline"] = []
+        for _ in range(args.rounds):  # variants interleaved round by round: the machine's drift hits all alike
+            for name, (s, env) in variants.items():
+                runs[name].append(run_child(__file__, s, extra, env=env))
+    results = {
+        name: {
+            "per_slice_s": statistics.median(r["per_slice_s"] for r in rs),
+            "rounds_per_slice_s": [round(r["per_slice_s"], 3) for r in rs],
+            "warmup_s": [r["warmup_s"] for r in rs],
+            "package": rs[0]["package"],
+        }
+        for name, rs in runs.items()
+    }
     row: dict[str, Any] = {"config": config, "baseline": args.baseline, "variants": results}
     if args.baseline:
         base = results["baseline"]["per_slice_s"]
         row["ratios_vs_baseline"] = {
             k: round(v["per_slice_s"] / base, 3) for k, v in results.items() if k != "baseline"
+        }
+        row["ratios_per_round"] = {
+            k: [round(a["per_slice_s"] / b["per_slice_s"], 3) for a, b in zip(rs, runs["baseline"], strict=True)]
+            for k, rs in runs.items()
+            if k != "baseline"
         }
     return row
 
@@ -253,6 +271,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--baseline", default=None, help="a commit to time beside this checkout (git worktree)")
     parser.add_argument("--compile", action="store_true", help="also time this checkout with compile=True")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the commit variants, interleaved")
     parser.add_argument("--worktree-dir", default=str(REPO / "build"), help="where the baseline's worktree goes")
     parser.add_argument("--no-parts", action="store_true", help="skip the in-process timing (with --baseline)")
     started = begin_benchmark(parser, measure_commit)
@@ -264,8 +283,11 @@ def main() -> None:
     for config in args.configs if (args.baseline or args.compile) else []:
         row = compare_commits(config, args, device, dtype)
         commits.append(row)
-        times = ", ".join(f"{k} {v['per_slice_s']:.3f}s" for k, v in row["variants"].items())
-        print(f"{config:16s} per slice, no_grad: {times}  ratios to {args.baseline}: {row.get('ratios_vs_baseline')}")
+        times = ", ".join(f"{k} {v['rounds_per_slice_s']}" for k, v in row["variants"].items())
+        print(
+            f"{config:16s} per slice, no_grad, by round: {times}  median ratios to {args.baseline}: "
+            f"{row.get('ratios_vs_baseline')}, by round: {row.get('ratios_per_round')}"
+        )
     for config in [] if args.no_parts else args.configs:
         backbone, size = config.split(":")
         row = run_config(backbone, int(size), args, device, dtype)
