@@ -4,13 +4,15 @@
 - mask classification (MaskSAM: class logits and mask logits per query) -> per-voxel class scores:
   :mod:`~masksam.inferers.semantic` (:class:`SemanticWrapper` makes the network a ``(B, C, H, W, D) ->
   (B, K, H, W, D)`` network for MONAI's ``SlidingWindowInferer``, ``DiceMetric`` and post-transforms);
-- slice-window semantic maps (MA-SAM: K-class logits per slice of a T-slice window) and prompt-driven
-  binary masks (Med-SA, SAM-UNet: one mask per prompt, with an interactive predictor that encodes a volume
-  once) come with those methods, as MONAI ``Inferer`` subclasses beside this one.
+- semantic logits of T-slice stacks (MA-SAM) -> class probabilities of whole volumes:
+  :mod:`~masksam.inferers.slice_window` (:class:`SliceWindowInferer`, a MONAI ``Inferer``);
+- prompt-driven binary masks (Med-SA, SAM-UNet: one mask per prompt, with an interactive predictor that
+  encodes a volume once) come with those methods.
 """
 
 from __future__ import annotations
 
 from masksam.inferers.semantic import SemanticWrapper, semantic_scores
+from masksam.inferers.slice_window import SliceWindowInferer
 
-__all__ = ["SemanticWrapper", "semantic_scores"]
+__all__ = ["SemanticWrapper", "SliceWindowInferer", "semantic_scores"]

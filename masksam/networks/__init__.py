@@ -3,11 +3,13 @@
 
 Shared: :mod:`~masksam.networks.mask_decoder` (SAM's two-way decoder with adapter slots) and
 :mod:`~masksam.networks.settings` (build settings that travel with the weights). Per method:
-:mod:`~masksam.networks.masksam` with its :mod:`~masksam.networks.prompt_generator`.
+:mod:`~masksam.networks.masksam` with its :mod:`~masksam.networks.prompt_generator`;
+:mod:`~masksam.networks.ma_sam`.
 """
 
 from __future__ import annotations
 
+from masksam.networks.ma_sam import MASAM, SemanticMaskDecoder, build_ma_sam, progressive_upscaling
 from masksam.networks.mask_decoder import AdaptedTwoWayTransformer, hypernetwork_masks
 from masksam.networks.masksam import (
     MASKSAM_OUTPUT_KEYS,
@@ -31,18 +33,22 @@ __all__ = [
     "AdaptedTwoWayTransformer",
     "ClassHead",
     "EXTRA_STATE_SUFFIX",
+    "MASAM",
     "MASKSAM_OUTPUT_KEYS",
     "MaskClassificationDecoder",
     "MaskHead3D",
     "MaskSAM",
     "PromptGenerator3D",
     "RecordsBuildSettings",
+    "SemanticMaskDecoder",
     "Stem3D",
+    "build_ma_sam",
     "build_masksam",
     "build_settings_differences",
     "conv_block",
     "decode_build_settings",
     "hypernetwork_masks",
     "learned_box",
+    "progressive_upscaling",
     "records_build_settings",
 ]
