@@ -54,9 +54,7 @@ def test_adapters_start_as_the_identity_of_the_frozen_encoder() -> None:
     torch.manual_seed(0)
     model = tiny_ma_sam().eval()
     plain = build_encoder3d(build_sam("tiny", image_size=64).image_encoder).eval()
-    plain.load_state_dict(
-        {k: v for k, v in model.encoder.state_dict().items() if k in plain.state_dict()}, strict=True
-    )
+    plain.load_state_dict({k: v for k, v in model.encoder.state_dict().items() if k in plain.state_dict()}, strict=True)
     x = torch.rand(10, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model.encoder(x, 5)[-1], plain(x, 5)[-1])
