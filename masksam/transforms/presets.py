@@ -63,7 +63,7 @@ def intensity_transform(
 
 def load_transforms(
     keys: Sequence[str] = ("image", "label"),
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    spacing: Sequence[float] | None = (1.0, 1.0, 1.0),
     modality: str = "ct",
     ct_window: Sequence[float] = (-175.0, 250.0),
     label_key: str | None = "label",
@@ -75,7 +75,7 @@ def load_transforms(
 
     Args:
         keys: the image key first, then the label key when there is one.
-        spacing: target voxel spacing (mm), slice axis last.
+        spacing: target voxel spacing (mm), slice axis last; None keeps each image's own grid (no resampling).
         modality: intensity preset (:func:`intensity_transform`).
         ct_window: HU window of the ``ct`` preset.
         label_key: the label among ``keys`` (resampled with nearest neighbours), or None.
@@ -86,13 +86,15 @@ def load_transforms(
     Returns:
         the transforms, in order: :class:`CheckedLoadImaged` (read errors name file and key),
         :class:`ValidateInputd` (shapes, affines, label values, NaN), ``EnsureTyped`` (float32),
-        ``Orientationd`` (RAS), ``Spacingd`` (bilinear for images, nearest for the label), the intensity preset.
+        ``Orientationd`` (RAS), ``Spacingd`` (bilinear for images, nearest for the label; unless ``spacing``
+        is None), the intensity preset.
     """
     keys = list(keys)
     if label_key is not None and label_key not in keys:
         raise ValueError(f"label_key {label_key!r} is not among keys {keys}")
     images = [k for k in keys if k != label_key]
     modes = ["nearest" if k == label_key else "bilinear" for k in keys]
+    resample = [] if spacing is None else [Spacingd(keys, pixdim=list(spacing), mode=modes)]
     return [
         CheckedLoadImaged(keys, ensure_channel_first=True, image_only=True),
         ValidateInputd(
@@ -104,6 +106,6 @@ def load_transforms(
         ),
         EnsureTyped(keys, dtype=torch.float32),
         Orientationd(keys, axcodes="RAS"),
-        Spacingd(keys, pixdim=list(spacing), mode=modes),
+        *resample,
         intensity_transform(modality, images, ct_window),
     ]
