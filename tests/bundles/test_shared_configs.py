@@ -1,0 +1,78 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""The bundles are self-contained (the Model Zoo runs a bundle folder alone), so the configs they share are
+copies: these tests fail as soon as a copy drifts from the others outside the method's own sections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.bundles.conftest import REPO
+
+BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+
+#: Files every bundle carries unchanged.
+IDENTICAL = ("evaluate.yaml", "multi_gpu_train.yaml", "logging.conf")
+
+#: Keys (``#``-joined below ``train`` and ``validate``) that are a method's own: its network, loss, schedule,
+#: augmentations, inferer and their settings. Everything else must be equal across bundles.
+METHOD_KEYS = {
+    "train.yaml": {
+        "dataset_dir", "seed", "backbone", "num_classes", "patch_size", "num_slices", "roi_size", "modality",
+        "spacing", "ct_window", "batch_size", "num_samples", "rotate90_prob", "val_overlap", "max_epochs",
+        "learning_rate", "weight_decay", "network_def", "trained_network", "loss", "optimizer", "lr_scheduler",
+        "train#crop_transforms", "train#handlers", "validate#inferer",
+        # MaskSAM
+        "num_queries", "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels",
+        "query_chunk_size",
+        # MA-SAM
+        "fact_rank", "fact_dropout", "adapter_dim", "flip_prob", "rotate_prob", "intensity_prob", "slice_stride",
+        "warmup_iterations", "lr_power",
+    },
+    "inference.yaml": {
+        "dataset_dir", "backbone", "num_classes", "patch_size", "num_slices", "roi_size", "spacing", "ct_window",
+        "overlap", "network_def", "inferer",
+        "num_queries", "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels",
+        "query_chunk_size",
+        "fact_rank", "fact_dropout", "adapter_dim", "slice_stride",
+    },
+}  # fmt: skip
+
+
+def flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """Top-level keys, with the ``train`` and ``validate`` sections split one level (``train#handlers``...)."""
+    flat = {}
+    for key, value in config.items():
+        if key in ("train", "validate") and isinstance(value, dict):
+            flat.update({f"{key}#{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def load(bundle: str, name: str) -> dict[str, Any]:
+    return flatten(yaml.safe_load((REPO / "bundles" / bundle / "configs" / name).read_text()))
+
+
+def test_there_are_bundles_to_compare() -> None:
+    assert {"masksam", "ma_sam"} <= set(BUNDLES)
+
+
+@pytest.mark.parametrize("name", IDENTICAL)
+def test_shared_files_are_identical(name: str) -> None:
+    texts = {b: (REPO / "bundles" / b / "configs" / name).read_text() for b in BUNDLES}
+    reference = texts[BUNDLES[0]]
+    drifted = [b for b, t in texts.items() if t != reference]
+    assert drifted == [], f"configs/{name} of {drifted} differs from {BUNDLES[0]}'s: copy the change to every bundle"
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_KEYS))
+def test_configs_differ_only_in_the_methods_own_keys(name: str) -> None:
+    configs = {b: load(b, name) for b in BUNDLES}
+    reference = configs[BUNDLES[0]]
+    for bundle, config in configs.items():
+        shared = (set(reference) | set(config)) - METHOD_KEYS[name]
+        drifted = sorted(k for k in shared if reference.get(k, "<absent>") != config.get(k, "<absent>"))
+        assert drifted == [], f"configs/{name}: {bundle} and {BUNDLES[0]} differ in shared keys {drifted}"
