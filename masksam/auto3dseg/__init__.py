@@ -3,15 +3,16 @@
 
 - :mod:`~masksam.auto3dseg.heuristics`: generic settings from DataAnalyzer statistics (pure functions);
   :mod:`~masksam.auto3dseg.method_heuristics`: per-method ones.
-- :mod:`~masksam.auto3dseg.algo`: the ``BundleAlgo`` classes (:class:`MasksamAlgo`).
-- :mod:`~masksam.auto3dseg.registration`: template folder and ``algos`` entries (:func:`masksam_algo_entry`).
+- :mod:`~masksam.auto3dseg.algo`: the ``BundleAlgo`` classes (:class:`MasksamAlgo`, :class:`MasamAlgo`).
+- :mod:`~masksam.auto3dseg.registration`: template folder and ``algos`` entries (:func:`algo_entry`,
+  :func:`masksam_algo_entry`).
 - :mod:`~masksam.auto3dseg.config`, :mod:`~masksam.auto3dseg.workflows`, :mod:`~masksam.auto3dseg.inference`,
   :mod:`~masksam.auto3dseg.progress`: what the templates' ``train.py``, ``validate.py`` and ``infer.py`` run.
 """
 
 from __future__ import annotations
 
-from masksam.auto3dseg.algo import INPUT_KEYS, SECTIONS, MasksamAlgo, TemplateAlgo, compose_config
+from masksam.auto3dseg.algo import INPUT_KEYS, SECTIONS, MasamAlgo, MasksamAlgo, TemplateAlgo, compose_config
 from masksam.auto3dseg.config import STOCK_ALIASES, algo_root, apply_overrides, read_algo_config, split_config_files
 from masksam.auto3dseg.heuristics import (
     ct_window,
@@ -27,7 +28,7 @@ from masksam.auto3dseg.heuristics import (
     validation_interval,
 )
 from masksam.auto3dseg.inference import TemplateInferer
-from masksam.auto3dseg.method_heuristics import num_queries, num_slices
+from masksam.auto3dseg.method_heuristics import MA_SAM_SLICES, num_queries, num_slices
 from masksam.auto3dseg.progress import PROGRESS_FILE, ProgressWriter, read_best_score
 from masksam.auto3dseg.registration import ALGORITHMS, algo_entry, bundle_dir, masksam_algo_entry, template_dir
 from masksam.auto3dseg.workflows import run_training, run_validation
@@ -35,6 +36,8 @@ from masksam.auto3dseg.workflows import run_training, run_validation
 __all__ = [
     "ALGORITHMS",
     "INPUT_KEYS",
+    "MA_SAM_SLICES",
+    "MasamAlgo",
     "MasksamAlgo",
     "PROGRESS_FILE",
     "SECTIONS",

@@ -17,12 +17,18 @@ from typing import Any
 from monai.apps.auto3dseg import BundleAlgo
 from monai.bundle import ConfigParser
 
-from masksam.auto3dseg.heuristics import median_resampled_shape, template_settings, validation_interval
-from masksam.auto3dseg.method_heuristics import num_queries, num_slices
+from masksam.auto3dseg.heuristics import (
+    datastats_value,
+    median_resampled_shape,
+    target_spacing,
+    template_settings,
+    validation_interval,
+)
+from masksam.auto3dseg.method_heuristics import MA_SAM_SLICES, num_queries, num_slices
 from masksam.auto3dseg.progress import read_best_score
 from masksam.auto3dseg.registration import bundle_dir
 
-__all__ = ["TemplateAlgo", "MasksamAlgo", "INPUT_KEYS", "SECTIONS", "compose_config"]
+__all__ = ["TemplateAlgo", "MasksamAlgo", "MasamAlgo", "INPUT_KEYS", "SECTIONS", "compose_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +89,15 @@ class TemplateAlgo(BundleAlgo):
     """``BundleAlgo`` of this package's templates: one ``configs/hyper_parameters.yaml`` filled from the statistics.
 
     ``fill_template_config`` composes the config from the bundle's (:func:`compose_config`: the bundle's
-    ``train.yaml`` with the template's keys over it), then writes the data-driven settings of :func:`~masksam.auto3dseg.heuristics.template_settings`
-    (plus :meth:`extra_settings`), then overrides, in increasing priority: ``input.yaml`` keys that are plain
-    settings of the config (values, not sections or ``$``/``@`` expressions, which other algorithms' keys of the
-    same name must not replace), the ``input.yaml`` section named after the algorithm (any key, e.g.
-    ``masksam: {backbone: vit_l}``), and the keyword arguments of ``export_to_disk`` (``fold``; HPO parameters). The inferer built by :meth:`get_inferer` is
-    kept, so ensembling several images loads the weights once. No state beyond ``BundleAlgo.state_dict()``
-    (the kept inferer is not serialised).
+    ``train.yaml`` with the template's keys over it), then writes the data-driven settings of
+    :func:`~masksam.auto3dseg.heuristics.template_settings` (plus :meth:`extra_settings`: the method's own, e.g.
+    ``num_slices`` by :attr:`slice_rule`), then overrides, in increasing priority: ``input.yaml`` keys that are
+    plain settings of the config (values, not sections or ``$``/``@`` expressions, which other algorithms' keys of
+    the same name must not replace), the ``input.yaml`` section named after the algorithm (any key, e.g.
+    ``masksam: {backbone: vit_l}``), and the keyword arguments of ``export_to_disk`` (``fold``; HPO parameters).
+    Keys that are not settings of the composed config (another method's) are never written. The inferer built by
+    :meth:`get_inferer` is kept, so ensembling several images loads the weights once. No state beyond
+    ``BundleAlgo.state_dict()`` (the kept inferer is not serialised).
 
     Args:
         template_path: the folder holding the template folder ``<name>/`` (Auto3DSeg convention).
@@ -100,6 +108,9 @@ class TemplateAlgo(BundleAlgo):
     bundle = "masksam"
     #: multiple of the in-plane patch size, by backbone (the encoder's patch size; LiteMedSAM's stride is 64)
     patch_multiples = {"lite_medsam": 64}
+    #: keyword arguments of :func:`~masksam.auto3dseg.method_heuristics.num_slices` giving the method's slices per
+    #: patch ``num_slices``; None: the method has no such setting
+    slice_rule: Mapping[str, Any] | None = None
 
     def __init__(self, template_path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(template_path)
@@ -120,9 +131,18 @@ class TemplateAlgo(BundleAlgo):
     def extra_settings(self, settings: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
         """Method-specific settings from the generic ones (with ``input.yaml``'s overrides) and the statistics.
 
-        Override in subclasses (:mod:`masksam.auto3dseg.method_heuristics`).
+        Here ``num_slices`` by :attr:`slice_rule` when the method has one: from the median depth and the anisotropy
+        at ``settings["spacing"]``, or of the median volume as it is when ``spacing`` is None (each volume's own
+        grid). Subclasses add theirs (:mod:`masksam.auto3dseg.method_heuristics`). Only settings of the method's
+        bundle may be returned (others are dropped with a warning).
         """
-        return {}
+        if self.slice_rule is None:
+            return {}
+        spacing = settings["spacing"]
+        if spacing is None:
+            spacing = target_spacing(datastats_value(stats, "stats_summary#image_stats#spacing#median"))
+        depth = median_resampled_shape(stats, spacing)[2]
+        return {"num_slices": num_slices(depth, spacing[2] / spacing[0], **self.slice_rule)}
 
     def fill_template_config(self, data_stats_filename: str, algo_path: str, **kwargs: Any) -> dict:
         """Fill ``<algo_path>/configs/hyper_parameters.yaml``; returns ``{"hyper_parameters.yaml": {key: value}}``.
@@ -219,11 +239,21 @@ class MasksamAlgo(TemplateAlgo):
     """
 
     bundle = "masksam"
+    slice_rule: Mapping[str, Any] | None = {}  # the reference recipe: 9 slices at 3x anisotropy
 
     def extra_settings(self, settings: dict[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
-        spacing = settings["spacing"]
-        depth = median_resampled_shape(stats, spacing)[2]
-        return {
-            "num_slices": num_slices(depth, spacing[2] / spacing[0]),
-            "num_queries": num_queries(int(settings["num_classes"])),
-        }
+        return {**super().extra_settings(settings, stats), "num_queries": num_queries(int(settings["num_classes"]))}
+
+
+class MasamAlgo(TemplateAlgo):
+    """Auto3DSeg algorithm ``masam``: the MA-SAM bundle (:func:`masksam.networks.build_ma_sam`) on one fold.
+
+    Adds MA-SAM's own setting to the generic ones: the paper's stacks of
+    :data:`~masksam.auto3dseg.method_heuristics.MA_SAM_SLICES` slices whatever the spacing, fewer only in volumes
+    thinner than that (:func:`~masksam.auto3dseg.method_heuristics.num_slices`). It writes nothing the MA-SAM
+    bundle lacks (no queries). Inference averages the softmax of overlapping slice windows
+    (:class:`masksam.inferers.SliceWindowInferer`), already probabilities over K classes, background included.
+    """
+
+    bundle = "ma_sam"
+    slice_rule: Mapping[str, Any] | None = {"reference_slices": MA_SAM_SLICES, "reference_anisotropy": None}

@@ -24,9 +24,11 @@ class TemplateInferer:
     """Load a generated algorithm's trained network once; :meth:`infer` returns ``(K, H, W, D)`` probabilities.
 
     This is the ``InferClass`` Auto3DSeg's ``BundleAlgo.get_inferer`` builds from ``scripts/infer.py``. The config
-    wires ``network_def`` (a :class:`masksam.inferers.SemanticWrapper` with ``normalize=True``: probabilities over
-    K classes, background included), ``infer#preprocessing``, ``infer#inferer`` and ``infer#postprocessing``
-    (``Invertd`` back to the input's grid); weights come from ``<ckpt_dir>/model.pt``.
+    wires ``network_def``, ``infer#preprocessing``, ``infer#inferer`` and ``infer#postprocessing`` (``Invertd`` back
+    to the input's grid); ``infer#inferer`` applied to ``network_def`` must give probabilities over K classes,
+    background included: MaskSAM's :class:`masksam.inferers.SemanticWrapper` with ``normalize=True`` under a
+    sliding window, or MA-SAM's logits under :class:`masksam.inferers.SliceWindowInferer` (which averages their
+    softmax). Weights come from ``<ckpt_dir>/model.pt``.
 
     Args:
         config_file: config paths, a list or comma-joined.

@@ -9,7 +9,7 @@ from pathlib import Path
 __all__ = ["ALGORITHMS", "bundle_dir", "template_dir", "algo_entry", "masksam_algo_entry"]
 
 #: Template name -> its ``BundleAlgo`` class (importable from the package).
-ALGORITHMS = {"masksam": "masksam.auto3dseg.algo.MasksamAlgo"}
+ALGORITHMS = {"masksam": "masksam.auto3dseg.algo.MasksamAlgo", "masam": "masksam.auto3dseg.algo.MasamAlgo"}
 
 
 def template_dir() -> Path:

@@ -24,17 +24,20 @@ from monai.apps.auto3dseg import AutoRunner, BundleGen, import_bundle_algo_histo
 from monai.utils.enums import AlgoKeys
 
 from masksam.auto3dseg import MasksamAlgo, TemplateInferer, masksam_algo_entry, template_dir
+from tests.algorithm_templates.conftest import (
+    REPO,
+    SUBPROCESS_ENV,
+    generate,
+    make_template_dataset,
+    read_yaml,
+    write_inputs,
+)
 from tests.auto3dseg.conftest import CT_STATS, MRI_STATS
 
 pytestmark = pytest.mark.xdist_group("masksam_template")
 
-REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "algorithm_templates" / "masksam"
 BUNDLE_CONFIGS = REPO / "bundles" / "masksam" / "configs"
-
-
-def read_yaml(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
 
 
 #: input.yaml section shrinking the model and the data loading (CPU, seconds per epoch); the rest is filled.
@@ -45,38 +48,11 @@ TINY = {
 }  # fmt: skip
 #: What AutoRunner.set_training_params sends to every algorithm: stock names and a key of another template.
 TRAIN_PARAMS = {"num_epochs": 1, "num_epochs_per_validation": 1, "num_crops_per_image": 2}
-SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One BLAS thread here and in the training subprocesses (which inherit the environment): 2 cores."""
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if env is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from masksam.data.synthetic import make_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("data")
-    datalist = make_synthetic_dataset(root, num_cases=4, shape=(40, 36, 12), num_classes=3, num_folds=2, num_test=1)
-    # A test image in another grid (flipped x, 0.8 x 1.2 x 2.5 mm): predictions must come back to it.
-    image = nib.load(root / "imagesTs" / "case_004.nii.gz")
-    affine = np.diag([-0.8, 1.2, 2.5, 1.0])
-    affine[:3, 3] = [30.0, -5.0, 10.0]
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :30, :10], affine), root / "imagesTs" / "case_005.nii.gz")
-    data = json.loads(datalist.read_text())
-    data["testing"].append({"image": "imagesTs/case_005.nii.gz"})
-    datalist.write_text(json.dumps(data))
-    return root
+    return make_template_dataset(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
@@ -252,31 +228,9 @@ def test_train_script_under_torchrun_with_gloo(work_dir: Path, tmp_path: Path) -
     assert len(yaml.safe_load((algo / "model" / "progress.yaml").read_text())) == 1
 
 
-def write_inputs(folder: Path, stats: dict, modality: str, **extra) -> tuple[Path, Path]:
-    """datastats.yaml and input.yaml for fill_template_config (a 5-fold datalist of 10 cases)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    datalist = folder / "dataset.json"
-    items = [{"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz", "fold": i % 5} for i in range(10)]
-    datalist.write_text(json.dumps({"training": items}))
-    stats_file, input_file = folder / "datastats.yaml", folder / "input.yaml"
-    stats_file.write_text(yaml.safe_dump(stats))
-    inputs = {"modality": modality, "datalist": str(datalist), "dataroot": str(folder), "name": "t", **extra}
-    input_file.write_text(yaml.safe_dump(inputs))
-    return stats_file, input_file
-
-
-def generate(folder: Path, stats_file: Path, input_file: Path, fold: int = 1) -> tuple[MasksamAlgo, dict]:
-    algo = MasksamAlgo(template_path=str(template_dir()))
-    algo.name = "masksam"
-    algo.set_data_stats(str(stats_file))
-    algo.set_data_source(str(input_file))
-    algo.export_to_disk(str(folder), f"masksam_{fold}", fold=fold)
-    return algo, yaml.safe_load((folder / f"masksam_{fold}" / "configs" / "hyper_parameters.yaml").read_text())
-
-
 def test_fill_template_config_on_ct_statistics(tmp_path: Path) -> None:
     stats_file, input_file = write_inputs(tmp_path, CT_STATS, "CT")
-    algo, config = generate(tmp_path, stats_file, input_file)
+    algo, config = generate(MasksamAlgo, "masksam", tmp_path, stats_file, input_file)
     expected = {
         "in_channels": 1, "num_classes": 16, "num_queries": 24, "modality": "ct", "ct_window": [-160.0, 260.0],
         "spacing": [0.8, 0.8, 2.5], "patch_size": 512, "num_slices": 9, "fold": 1,
@@ -300,7 +254,7 @@ def test_generated_config_is_the_bundles_with_the_templates_keys_over_it(tmp_pat
     train.yaml except for the template's own keys and the filled settings, with the bundle's multi-GPU and
     evaluation configs as sections; and no key of the template restates the bundle's value."""
     stats_file, input_file = write_inputs(tmp_path, CT_STATS, "CT")
-    algo, config = generate(tmp_path, stats_file, input_file)
+    algo, config = generate(MasksamAlgo, "masksam", tmp_path, stats_file, input_file)
     bundle, template = (
         read_yaml(BUNDLE_CONFIGS / "train.yaml"),
         read_yaml(TEMPLATE / "configs" / "hyper_parameters.yaml"),
@@ -317,7 +271,7 @@ def test_generated_config_is_the_bundles_with_the_templates_keys_over_it(tmp_pat
 
 def test_max_epochs_from_input_sets_the_validation_interval(tmp_path: Path) -> None:
     stats_file, input_file = write_inputs(tmp_path, CT_STATS, "CT", masksam={"max_epochs": 100})
-    _, config = generate(tmp_path, stats_file, input_file)
+    _, config = generate(MasksamAlgo, "masksam", tmp_path, stats_file, input_file)
     assert config["max_epochs"] == 100 and config["val_interval"] == 5
 
 
@@ -331,7 +285,7 @@ def test_fill_template_config_on_mri_statistics_with_input_overrides(tmp_path: P
         segresnet={"num_epochs": 3},  # another algorithm's section
         masksam={"num_queries": 11, "backbone": "lite_medsam", "val_interval": 9},  # ours wins over the top level
     )  # fmt: skip
-    _, config = generate(tmp_path, stats_file, input_file, fold=0)
+    _, config = generate(MasksamAlgo, "masksam", tmp_path, stats_file, input_file, fold=0)
     bundle = read_yaml(BUNDLE_CONFIGS / "train.yaml")
     assert config["modality"] == "mri" and config["in_channels"] == 2 and config["num_classes"] == 4
     assert config["ct_window"] == bundle["ct_window"], "no CT window for MRI"

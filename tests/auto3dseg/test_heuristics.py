@@ -19,7 +19,7 @@ from masksam.auto3dseg.heuristics import (
     training_schedule,
     validation_interval,
 )
-from masksam.auto3dseg.method_heuristics import num_queries, num_slices
+from masksam.auto3dseg.method_heuristics import MA_SAM_SLICES, num_queries, num_slices
 from tests.auto3dseg.conftest import CT_STATS, MRI_STATS
 
 
@@ -146,6 +146,21 @@ def test_num_slices_rejects_bad_input() -> None:
         num_slices(0, 1.0)
     with pytest.raises(ValueError, match="anisotropy"):
         num_slices(10, 0.0)
+    with pytest.raises(ValueError, match="reference_slices"):
+        num_slices(10, 1.0, reference_slices=0)
+    with pytest.raises(ValueError, match="reference_anisotropy"):
+        num_slices(10, 1.0, reference_anisotropy=0.0)
+    with pytest.raises(ValueError, match="min_slices"):
+        num_slices(10, 1.0, min_slices=6, max_slices=5)
+
+
+@pytest.mark.parametrize(
+    ("depth", "anisotropy", "expected"),
+    [(100, 3.0, 5), (100, 1.0, 5), (100, 20.0, 5), (4, 1.0, 4), (1, 1.0, 1)],
+)
+def test_num_slices_of_a_fixed_stack(depth: int, anisotropy: float, expected: int) -> None:
+    """MA-SAM: the paper's 5 slices whatever the anisotropy, fewer only in thinner volumes."""
+    assert num_slices(depth, anisotropy, reference_slices=MA_SAM_SLICES, reference_anisotropy=None) == expected
 
 
 @pytest.mark.parametrize(("k", "q"), [(2, 6), (3, 7), (8, 12), (16, 24), (40, 60)])
