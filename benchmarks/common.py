@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "add_device_args",
@@ -39,6 +43,9 @@ __all__ = [
     "print_result",
     "ct_like_volume",
     "begin_benchmark",
+    "ModuleTimer",
+    "module_flops",
+    "saved_activations_mib",
 ]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -224,3 +231,98 @@ def ct_like_volume(
     lo, hi = window
     image = ((hu.clamp(lo, hi) - lo) / (hi - lo))[None, None]
     return image, label[None, None]
+
+
+class ModuleTimer:
+    """Wall time spent inside groups of sub-modules, through forward hooks (synchronised on CUDA).
+
+    ``groups`` maps a name to the modules whose calls count towards it; ``times`` accumulates seconds per
+    group (reset it with ``timer.times = {}``). A group's modules must not call one another (their times
+    would be counted twice); modules of different groups may nest (e.g. blocks and the adapters inside them).
+    """
+
+    def __init__(self, groups: dict[str, Iterable[nn.Module]], device: torch.device) -> None:
+        self.device = device
+        self.times: dict[str, float] = {}
+        self._start: dict[int, list[float]] = {}
+        self._handles = []
+        for name, modules in groups.items():
+            for module in modules:
+                self._handles.append(module.register_forward_pre_hook(self._pre(module)))
+                self._handles.append(module.register_forward_hook(self._post(name, module)))
+
+    def _pre(self, module: nn.Module) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            synchronize(self.device)
+            self._start.setdefault(id(module), []).append(time.perf_counter())
+
+        return hook
+
+    def _post(self, name: str, module: nn.Module) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            synchronize(self.device)
+            elapsed = time.perf_counter() - self._start[id(module)].pop()
+            self.times[name] = self.times.get(name, 0.0) + elapsed
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def _sdpa_flop(
+    query_shape: Sequence[int], key_shape: Sequence[int], value_shape: Sequence[int], *_: Any, **__: Any
+) -> int:
+    """Torch's formula for its fused attention kernels: the two matrix products ``Q K^T`` and ``P V``."""
+    *batch, length_q, dim_qk = query_shape
+    length_k, dim_v = key_shape[-2], value_shape[-1]
+    return 2 * math.prod(batch) * length_q * length_k * (dim_qk + dim_v)
+
+
+#: CPU's fused attention kernel is not in torch's FLOP registry (the CUDA ones are): it gets the same formula.
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flop}
+
+
+def module_flops(fn: Callable[[], Any]) -> dict[str, int]:
+    """FLOPs (2 per multiply-add) of one call of ``fn``, per module, by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    Counted: matrix products, convolutions (transposed too) and scaled-dot-product attention (its two
+    products, on CPU as on CUDA); element-wise work (norms, activations, softmax, additions) is not.
+    Keys: ``""`` for the total of the call, and the paths of sub-modules below the outermost module called,
+    as its ``named_modules()`` gives them. A module reached by several paths counts under the first one;
+    its calls count towards every module running around them.
+    """
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS) as counter:
+        fn()
+    flops = {"": counter.get_total_flops()}
+    for name, counts in counter.get_flop_counts().items():
+        root, _, path = name.partition(".")
+        if path:  # "Global" and the outermost modules' own names are the total
+            flops[path] = int(sum(counts.values()))
+    return flops
+
+
+def saved_activations_mib(forward: Callable[[], Any], existing: Sequence[torch.Tensor]) -> float:
+    """MiB of tensors autograd keeps for the backward pass of one call of ``forward``, ``existing`` excluded.
+
+    Exact and deterministic, and cheap: the hook records each saved tensor's storage (once; the storages of
+    ``existing`` tensors, e.g. parameters, buffers and data that exist before the step, excluded) and keeps
+    only a weak reference to it, so nothing is held for a backward pass that never runs, and the count fits
+    in memory even where the step would not. All these activations are alive together at the end of a real
+    forward pass, so the count is a lower bound of the step's peak memory (model, optimiser and data excluded).
+    """
+    own = {StorageWeakRef(t.untyped_storage()).cdata for t in existing}
+    # A weak reference keeps the storage's record (not its memory) alive, so no later storage takes its key.
+    storages: dict[int, tuple[StorageWeakRef, int]] = {}
+
+    def pack(t: torch.Tensor) -> None:
+        ref = StorageWeakRef(t.untyped_storage())
+        if ref.cdata not in own:
+            storages.setdefault(ref.cdata, (ref, t.untyped_storage().nbytes()))
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
+        out = forward()
+    del out
+    return round(sum(n for _, n in storages.values()) / 2**20, 1)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import begin_benchmark, print_result, run_child, synchronize
+from common import ModuleTimer, begin_benchmark, print_result, run_child, synchronize
 
 # Only names the baseline commits have too: a child process may import another commit's package.
 import masksam
@@ -74,33 +74,6 @@ def network_kwargs(backbone: str, args: argparse.Namespace) -> dict[str, Any]:
     if backbone != "lite_medsam":  # its stride-4 neck has 2 up-sampling stages: the builder's default widths
         kw["generator_widths"] = [192, 96, 96, 48, 48]
     return kw
-
-
-class PartTimer:
-    """Wall time of the MaskSAM sub-modules through forward hooks (synchronised on CUDA)."""
-
-    def __init__(self, network: torch.nn.Module, device: torch.device) -> None:
-        self.device = device
-        self.times: dict[str, float] = {}
-        self._start: dict[str, float] = {}
-        for name in PARTS:
-            module = getattr(network, name)
-            module.register_forward_pre_hook(self._pre(name))
-            module.register_forward_hook(self._post(name))
-
-    def _pre(self, name: str):
-        def hook(*_: Any) -> None:
-            synchronize(self.device)
-            self._start[name] = time.perf_counter()
-
-        return hook
-
-    def _post(self, name: str):
-        def hook(*_: Any) -> None:
-            synchronize(self.device)
-            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - self._start.pop(name)
-
-        return hook
 
 
 def run_config(backbone: str, size: int, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
@@ -131,7 +104,7 @@ def run_config(backbone: str, size: int, args: argparse.Namespace, device: torch
         "sam_encoder": lambda: sam_encoder(slices),
         "our_encoder": lambda: ours(slices, t),
     }
-    timer = PartTimer(net, device)
+    timer = ModuleTimer({name: [getattr(net, name)] for name in PARTS}, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     wall: dict[str, list[float]] = {k: [] for k in calls}
     cpu: list[float] = []

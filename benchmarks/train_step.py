@@ -42,7 +42,7 @@ from common import (
     run_child,
     synchronize,
 )
-from torch.multiprocessing.reductions import StorageWeakRef
+from common import saved_activations_mib as count_saved_activations_mib
 
 from masksam.losses import HungarianMatcher, MaskClassificationLoss, SetCriterion
 from masksam.networks import build_masksam
@@ -89,30 +89,14 @@ def build(spec: dict[str, Any], device: torch.device, dtype: torch.dtype):
 def saved_activations_mib(spec: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     """MiB of activations autograd keeps for the backward pass after forward + loss, per variant.
 
-    Exact and deterministic, and cheap: the hook records each saved tensor's storage (once; the
-    storages of parameters, buffers and data that exist before the step excluded) and keeps only a weak
-    reference to it, so nothing is held for a backward pass
-    that never runs, and the count fits in memory even where the step would not. All these activations
-    are alive together at the end of a real forward pass, so the count is a lower bound of the step's
-    peak memory (model, optimiser and data excluded).
+    Counted without holding them (:func:`common.saved_activations_mib`): a lower bound of the step's peak
+    memory (model, optimiser and data excluded).
     """
     net, _, forward_loss, existing = build(spec, device, dtype)
-    own = {StorageWeakRef(t.untyped_storage()).cdata for t in existing}
     out: dict[str, float] = {}
     for variant, flag in VARIANTS.items():
         net.set_gradient_checkpointing(flag)
-        # A weak reference keeps the storage's record (not its memory) alive, so no later storage takes its key.
-        storages: dict[int, tuple[StorageWeakRef, int]] = {}
-
-        def pack(t: torch.Tensor, storages: dict = storages) -> None:
-            ref = StorageWeakRef(t.untyped_storage())
-            if ref.cdata not in own:
-                storages.setdefault(ref.cdata, (ref, t.untyped_storage().nbytes()))
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
-            loss = forward_loss()
-        out[variant] = round(sum(n for _, n in storages.values()) / 2**20, 1)
-        del loss, storages
+        out[variant] = count_saved_activations_mib(forward_loss, existing)
     return out
 
 

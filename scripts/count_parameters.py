@@ -1,5 +1,9 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
-"""Print total vs trainable parameters of SAM encoders with each adapter family, and of MaskSAM.
+"""Print total vs trainable parameters of SAM encoders with each adapter family, of MaskSAM and of MA-SAM.
+
+MA-SAM (ViT-B and ViT-H, 512x512x5, r=32, 12 organs + background) is counted per part and reconciled
+with the research code's counts (``/work/shared/METHODS.md`` 2e: 117.4 M total / 30.1 M trainable for
+ViT-B, 729.9 M / 96.8 M for ViT-H): the differences are computed, not assumed.
 
 Models are built on PyTorch's ``meta`` device (shapes only), so ViT-H costs no memory:
     python scripts/count_parameters.py
@@ -7,10 +11,16 @@ Models are built on PyTorch's ``meta`` device (shapes only), so ViT-H costs no m
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
+from segment_anything.modeling import MaskDecoder
+from torch import nn
 
 from masksam.adapters import (
     Adapter,
+    FacTQKV,
+    SliceConvAdapter3D,
     count_parameters,
     lora_block_adapters,
     ma_sam_block_adapters,
@@ -18,8 +28,8 @@ from masksam.adapters import (
     masksam_block_adapters,
     med_sa_block_adapters,
 )
-from masksam.backbones import build_encoder3d, build_sam
-from masksam.networks import build_masksam
+from masksam.backbones import SAM_PRESETS, build_encoder3d, build_sam
+from masksam.networks import MASAM, build_ma_sam, build_masksam
 
 FAMILIES = {
     "masksam depth-conv (hidden C/4, research code)": lambda: masksam_block_adapters(),
@@ -28,6 +38,91 @@ FAMILIES = {
     "med_sa bottleneck + SD-Trans (hidden C/4)": lambda: med_sa_block_adapters(),
     "lora q/v r=4": lambda: lora_block_adapters(),
 }
+
+#: The research code's counts (cchen-cc/MA-SAM at 0c3cd90, 512x512, r=32, 12 organs + background), M parameters.
+MA_SAM_RESEARCH_CODE = {"vit_b": (117.4, 30.1), "vit_h": (729.9, 96.8)}
+MA_SAM_CLASSES = 13
+
+
+def _count(params: Iterable[nn.Parameter]) -> tuple[int, int]:
+    unique = {id(p): p for p in params}.values()
+    return sum(p.numel() for p in unique), sum(p.numel() for p in unique if p.requires_grad)
+
+
+def _params(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    return [p for m in modules for p in m.parameters()]
+
+
+def ma_sam_parts(model: MASAM) -> list[tuple[str, tuple[int, int]]]:
+    """``(part, (total, trainable))`` rows that add up to the whole MA-SAM network."""
+    adapters_3d = _params(m for m in model.modules() if isinstance(m, SliceConvAdapter3D))
+    fact = _params(m for m in model.modules() if isinstance(m, FacTQKV))  # shared U, V counted once
+    adapted = {id(p) for p in adapters_3d + fact}
+    pe, dec = model.prompt_encoder, model.decoder
+    return [
+        ("input projection (1x1x1 Conv3d, new)", _count(model.input_projection.parameters())),
+        ("SAM image encoder (frozen)", _count(p for p in model.encoder.parameters() if id(p) not in adapted)),
+        ("3D adapters (2 per block, 384 wide)", _count(adapters_3d)),
+        ("FacT (shared U, V + per-block sigma_q, sigma_v)", _count(fact)),
+        ("prompt encoder: no-mask embedding", _count(pe.no_mask_embed.parameters())),
+        (
+            "prompt encoder: the rest (frozen, unused)",
+            _count(p for p in pe.parameters() if p is not pe.no_mask_embed.weight),
+        ),
+        ("decoder: two-way transformer", _count(dec.transformer.parameters())),
+        ("decoder: IoU token + K mask tokens", _count(_params([dec.iou_token, dec.mask_tokens]))),
+        ("decoder: progressive up-scaling", _count(dec.output_upscaling.parameters())),
+        ("decoder: K hypernetwork MLPs", _count(dec.hypernetworks.parameters())),
+    ]
+
+
+def research_iou_head(backbone: str, model: MASAM) -> int:
+    """Parameters of the IoU head the research code keeps: SAM's ``MaskDecoder`` with ``K - 1`` multimask
+    outputs (K mask tokens), built here and counted (it trains there, though its output is unused)."""
+    preset = SAM_PRESETS[backbone]
+    decoder = MaskDecoder(
+        transformer_dim=preset.prompt_embed_dim,
+        transformer=nn.Identity(),
+        num_multimask_outputs=model.num_classes - 1,
+        iou_head_hidden_dim=preset.iou_head_hidden_dim,
+    )
+    return sum(p.numel() for p in decoder.iou_prediction_head.parameters())
+
+
+def ma_sam_report(backbone: str) -> None:
+    model = build_ma_sam(backbone, image_size=512, num_classes=MA_SAM_CLASSES, num_slices=5, fact_rank=32)
+    parts = ma_sam_parts(model)
+    total, trainable = count_parameters(model)
+    assert sum(t for _, (t, _) in parts) == total and sum(r for _, (_, r) in parts) == trainable, "parts add up"
+    width = max(len(name) for name, _ in parts)
+    print(
+        f"\n{f'MA-SAM {backbone} 5x512x512, r=32, K={MA_SAM_CLASSES}':<{width + 2}}  {'total':>11}  {'trainable':>11}"
+    )
+    for name, (t, r) in parts:
+        print(f"  {name:<{width}}  {t:>11,}  {r:>11,}")
+    print(
+        f"  {'MA-SAM (ours)':<{width}}  {total:>11,}  {trainable:>11,}  = {total / 1e6:.2f}M / {trainable / 1e6:.2f}M"
+    )
+    # What the research code counts differently, each figure computed from the modules themselves.
+    iou_head = research_iou_head(backbone, model)
+    projection = dict(parts)["input projection (1x1x1 Conv3d, new)"][0]
+    prompt_total = sum(p.numel() for p in model.prompt_encoder.parameters())
+    prompt_ours = sum(p.numel() for p in model.prompt_encoder.parameters() if p.requires_grad)
+    research_total = total + iou_head - projection
+    research_trainable = trainable + iou_head - projection + (prompt_total - prompt_ours)
+    ref_total, ref_trainable = MA_SAM_RESEARCH_CODE[backbone]
+    print(
+        f"  research code: {ref_total}M / {ref_trainable}M (METHODS.md 2e). Ours differ by:\n"
+        f"    + {iou_head:,} total and trainable: the IoU prediction head (SAM's 3-layer MLP to K={model.num_classes} "
+        "scores), which the research code keeps and trains though its output is unused; our decoder has none\n"
+        f"    + {prompt_total - prompt_ours:,} trainable only: the research code trains its whole prompt encoder "
+        f"({prompt_total:,}), here only the no-mask embedding ({prompt_ours:,}) trains, the rest is frozen\n"
+        f"    - {projection:,} total and trainable: our input projection (in_channels -> 3; the research code copies the grey slice)\n"
+        f"    = {research_total / 1e6:.2f}M / {research_trainable / 1e6:.2f}M, the research code's "
+        f"{ref_total}M / {ref_trainable}M to the 0.1 M it reports: "
+        + ("agree" if (round(research_total / 1e6, 1), round(research_trainable / 1e6, 1)) == (ref_total, ref_trainable)
+           else "DO NOT AGREE")
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -50,6 +145,9 @@ def main() -> None:
     print(f"{'model':<{width}}  {'total':>9}  {'trainable':>9}")
     for name, total, trainable in rows:
         print(f"{name:<{width}}  {total / 1e6:8.2f}M  {trainable / 1e6:8.2f}M")
+    with torch.device("meta"):
+        for backbone in MA_SAM_RESEARCH_CODE:
+            ma_sam_report(backbone)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ Correctness only (numerical agreement, shapes, the structure of the result); no 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 pytestmark = pytest.mark.xdist_group("benchmarks")
 
 
-def run(script: str, *args: str) -> dict:
+def run_with_output(script: str, *args: str) -> tuple[dict, str]:
+    """The ``RESULT`` dict of a benchmark run on one thread, and its whole standard output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--threads", "1", *args],
@@ -28,7 +31,19 @@ def run(script: str, *args: str) -> dict:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert len(lines) == 1, proc.stdout[-3000:]
-    return json.loads(lines[0][len("RESULT ") :])
+    return json.loads(lines[0][len("RESULT ") :]), proc.stdout
+
+
+def run(script: str, *args: str) -> dict:
+    return run_with_output(script, *args)[0]
+
+
+def import_benchmark(name: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
 def test_attention_benchmark_agrees_with_segment_anything() -> None:
@@ -84,11 +99,7 @@ def test_saved_activation_count_without_holding_equals_a_held_count() -> None:
     """The weak-reference count (nothing kept) equals counting the storages autograd really keeps."""
     import torch
 
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import train_step
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    train_step = import_benchmark("train_step")
     spec = {"backbone": "tiny", "size": 32, "slices": 4, "queries": 3, "classes": 2, "batch": 1}
     counted = train_step.saved_activations_mib(spec, torch.device("cpu"), torch.float32)
     net, _, forward_loss, existing = train_step.build(spec, torch.device("cpu"), torch.float32)
@@ -110,3 +121,51 @@ def test_saved_activation_count_without_holding_equals_a_held_count() -> None:
         activations = sum(held.values()) - image.untyped_storage().nbytes()
         assert counted[variant] == pytest.approx(activations / 2**20, abs=0.1), variant
         del loss
+
+
+NUMBER = r"(-?[0-9]+(?:\.[0-9]+)?)"
+
+
+def test_ma_sam_benchmark_prints_its_figures() -> None:
+    """Forward vs our plain encoder with its parts, slice-window cost per slice, training memory: all printed."""
+    result, out = run_with_output("ma_sam.py", "--backbone", "tiny", "--size", "64", "--volume-slices", "6",
+                                  "--rounds", "1", "--warmup", "0")  # fmt: skip
+    forward = re.search(rf"ratio {NUMBER} \(target <= 1.5\).*flop ratio {NUMBER}", out)
+    window = re.search(rf"^slice window .*stride 1 {NUMBER}s per volume slice.*ratio {NUMBER}$", out, re.M)
+    memory = re.search(rf"^training step .*ratio {NUMBER} \(target <= 0.5\)", out, re.M)
+    assert forward and window and memory, out
+    assert all(float(v) > 0 for m in (forward, window, memory) for v in m.groups())
+    ma_sam = import_benchmark("ma_sam")
+    for label, _ in (*ma_sam.ROWS, ("total", None), ("our plain encoder (baseline)", None)):
+        row = re.search(rf"^  {re.escape(label)} +{NUMBER} +{NUMBER}% +{NUMBER} ", out, re.M)
+        assert row, f"{label!r} not printed with its figures:\n{out}"
+    fwd = result["forward"]
+    assert sum(fwd["parts_s"].values()) == pytest.approx(fwd["time_s"]["ma_sam"], abs=1e-3), "parts add up"
+    assert fwd["parts_gflops"]["encoder blocks, 3D adapters"] > 0 and fwd["parts_gflops"]["encoder blocks, FacT"] > 0
+    assert fwd["gflops"]["ma_sam"] > fwd["gflops"]["plain_encoder"] > 0
+    win = result["window"]
+    # Stride 1: a window per slice; stride T: ceil((D - 1) / T) + 1 windows over the volume padded by T - 1 edge slices.
+    assert win["windows"] == {"stride_1": 6, "stride_5": 2}
+    mem = result["memory"]
+    assert mem["saved_activations_mib"]["checkpointing"] < mem["saved_activations_mib"]["no_checkpointing"]
+    assert set(mem["peak_mib"]) == {"no_checkpointing", "checkpointing"}
+
+
+def test_module_flops_counts_adapters_and_cpu_attention() -> None:
+    """The per-module FLOP count: a 3D adapter's products and convolution, and CPU's fused attention kernel."""
+    import torch
+
+    from masksam.adapters import SliceConvAdapter3D
+
+    common = import_benchmark("common")
+    dim, hidden, n, h, w = 16, 8, 6, 4, 4
+    adapter = SliceConvAdapter3D(dim, hidden)
+    flops = common.module_flops(lambda: adapter(torch.rand(n, h, w, dim), 3))
+    tokens = n * h * w
+    assert flops["down"] == flops["up"] == 2 * tokens * dim * hidden
+    assert flops["conv"] == 2 * tokens * hidden * hidden * 3  # (3, 1, 1) kernel, 'same' padding
+    assert flops[""] == flops["down"] + flops["conv"] + flops["up"]
+    q, k, v = torch.rand(2, 3, 10, 8), torch.rand(2, 3, 7, 8), torch.rand(2, 3, 7, 5)
+    bias = torch.rand(2, 3, 10, 7)
+    sdpa = common.module_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+    assert sdpa[""] == 2 * 2 * 3 * 10 * 7 * (8 + 5)
