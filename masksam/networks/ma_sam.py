@@ -86,22 +86,15 @@ class SemanticMaskDecoder(nn.Module):
         if num_classes < 2:
             raise ValueError(f"num_classes (background included) must be >= 2, got {num_classes}")
         dim = mask_decoder.transformer_dim
-        self.transformer = AdaptedTwoWayTransformer(mask_decoder.transformer)
+        self.transformer = AdaptedTwoWayTransformer(
+            mask_decoder.transformer, gradient_checkpointing=gradient_checkpointing
+        )
         self.iou_token = mask_decoder.iou_token
         self.mask_tokens = nn.Embedding(num_classes, dim)
         self.output_upscaling = progressive_upscaling(mask_decoder.output_upscaling, num_upscaling)
         out = [m for m in self.output_upscaling if isinstance(m, nn.ConvTranspose2d)][-1].out_channels
         self.hypernetworks = nn.ModuleList(MLP(dim, dim, out, 3) for _ in range(num_classes))
         self.num_classes = num_classes
-        self.gradient_checkpointing = gradient_checkpointing
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return self.transformer.gradient_checkpointing
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, enabled: bool) -> None:
-        self.transformer.gradient_checkpointing = enabled
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, num_slices: int = 1) -> torch.Tensor:
         """Decode every slice.
@@ -118,7 +111,7 @@ class SemanticMaskDecoder(nn.Module):
         tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0).expand(n, -1, -1)
         queries, keys = self.transformer(image_embeddings, image_pe, tokens, num_slices)
         return maybe_checkpoint(
-            self.gradient_checkpointing,
+            self.transformer.gradient_checkpointing,  # the switch of the whole decoder
             hypernetwork_masks,
             self.output_upscaling,
             self.hypernetworks,
@@ -168,7 +161,7 @@ class MASAM(RecordsBuildSettings):
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Switch activation checkpointing of the encoder blocks and the decoder layers and mask product."""
         self.encoder.gradient_checkpointing = enabled
-        self.decoder.gradient_checkpointing = enabled
+        self.decoder.transformer.gradient_checkpointing = enabled
 
     def trainable_modules(self) -> list[nn.Module]:
         """Modules that train entirely besides every :class:`Adapter`: input projection, no-mask embedding, decoder."""

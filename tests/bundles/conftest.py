@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,60 @@ TINY_OVERRIDES = {
 TINY_TRAIN_OVERRIDES = {
     **TINY_OVERRIDES, "cache_rate": 0.0, "num_workers": 0, "num_samples": 1, "val_interval": 1, "progress_bar": False,
 }  # fmt: skip
+
+
+#: MaskSAM's tiny metadata (shapes of the tiny settings).
+TINY_META = {
+    "inputs.image": {"spatial_shape": [32, 32, 4]},
+    "outputs.pred": {"num_channels": 3, "spatial_shape": [32, 32, 4], "channel_def": {"0": "bg", "1": "a", "2": "b"}},
+}
+
+#: Tiny MA-SAM on each volume's own grid (the bundle's default spacing: null).
+MA_SAM_TINY_MODEL = [
+    "--backbone", "tiny", "--patch_size", "32", "--num_slices", "3", "--num_classes", "3", "--fact_rank", "4",
+    "--adapter_dim", "8",
+]  # fmt: skip
+MA_SAM_TINY_TRAIN = MA_SAM_TINY_MODEL + [
+    "--cache_rate", "0", "--num_workers", "0", "--num_samples", "2", "--val_interval", "1", "--progress_bar", "False",
+    "--warmup_iterations", "2",
+]  # fmt: skip
+MA_SAM_TINY_OVERRIDES = {
+    "backbone": "tiny", "patch_size": 32, "num_slices": 3, "num_classes": 3, "fact_rank": 4, "adapter_dim": 8,
+}  # fmt: skip
+MA_SAM_TINY_TRAIN_OVERRIDES = {
+    **MA_SAM_TINY_OVERRIDES, "cache_rate": 0.0, "num_workers": 0, "num_samples": 2, "val_interval": 1,
+    "progress_bar": False, "warmup_iterations": 2,
+}  # fmt: skip
+MA_SAM_TINY_META = {
+    "inputs.image": {"spatial_shape": [32, 32, 3]},
+    "outputs.pred": {"num_channels": 3, "spatial_shape": [32, 32, 3], "channel_def": {"0": "bg", "1": "a", "2": "b"}},
+}
+
+
+@dataclass(frozen=True)
+class TinyBundle:
+    """A bundle's tiny settings: command-line overrides (model; training) and the same as typed values."""
+
+    model: list[str]
+    train: list[str]
+    overrides: dict
+    train_overrides: dict
+    meta: dict
+    builder: str
+
+
+#: Every bundle of the repository, shrunk to the tiny backbone.
+TINY_BUNDLES = {
+    "masksam": TinyBundle(TINY_MODEL, TINY_TRAIN, TINY_OVERRIDES, TINY_TRAIN_OVERRIDES, TINY_META, "build_masksam"),
+    "ma_sam": TinyBundle(
+        MA_SAM_TINY_MODEL,
+        MA_SAM_TINY_TRAIN,
+        MA_SAM_TINY_OVERRIDES,
+        MA_SAM_TINY_TRAIN_OVERRIDES,
+        MA_SAM_TINY_META,
+        "build_ma_sam",
+    ),
+}
 
 
 def copy_bundle(name: str, dest: Path, tiny_metadata: dict | None = None) -> Path:
@@ -60,6 +115,38 @@ def run_bundle(bundle: Path, *args: str, timeout: float = 600, torchrun: int = 0
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+def check_net_in_out_and_trace_export(trained: Path, tiny: TinyBundle) -> None:
+    """Run the zoo's ``verify_net_in_out`` and ``ckpt_export --use_trace`` on a trained bundle, and check that the
+    TorchScript module computes what the inference config's network computes."""
+    import torch
+    from monai.bundle import ConfigWorkflow
+
+    shape = tiny.meta["inputs.image"]["spatial_shape"]
+    run_bundle(
+        trained, "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
+        "--config_file", "configs/inference.yaml", *tiny.model,
+    )  # fmt: skip
+    run_bundle(
+        trained, "ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
+        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml", "--use_trace", "True",
+        "--input_shape", json.dumps([1, 1, *shape]), *tiny.model,
+    )  # fmt: skip
+    scripted = torch.jit.load(str(trained / "models" / "model.ts"))
+    workflow = ConfigWorkflow(
+        config_file=str(trained / "configs" / "inference.yaml"),
+        workflow_type="infer",
+        bundle_root=str(trained),  # its initialisation creates <bundle_root>/eval: not in the working directory
+        **tiny.overrides,
+    )
+    workflow.initialize()
+    net = workflow.parser.get_parsed_content("network_def")
+    net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.randn(1, 1, *shape)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

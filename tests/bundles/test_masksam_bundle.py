@@ -16,22 +16,17 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from tests.bundles.conftest import (
-    REPO,
+    TINY_BUNDLES,
+    TINY_META,
     TINY_MODEL,
-    TINY_OVERRIDES,
     TINY_TRAIN,
     TINY_TRAIN_OVERRIDES,
+    check_net_in_out_and_trace_export,
     copy_bundle,
     run_bundle,
 )
 
 pytestmark = pytest.mark.xdist_group("masksam_bundle")
-
-TINY_META = {
-    "inputs.image": {"spatial_shape": [32, 32, 4]},
-    "outputs.pred": {"num_channels": 3, "spatial_shape": [32, 32, 4], "channel_def": {"0": "bg", "1": "a", "2": "b"}},
-}
-SCHEMA = REPO.parent / "shared" / "monai_meta_schemas" / "meta_schema_20240725.json"
 
 
 def saved_epoch(state: dict) -> int:
@@ -50,32 +45,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -
     assert "val_mean_dice" in proc.stdout + proc.stderr
     assert re.search(r"MaskSAM: [\d.]+M parameters, [\d.]+M trainable", proc.stdout + proc.stderr)
     return bundle
-
-
-@pytest.mark.skipif(not SCHEMA.exists(), reason=f"offline schema copy not found at {SCHEMA}")
-def test_metadata_verifies_against_the_zoo_schema(tmp_path: Path) -> None:
-    bundle = copy_bundle("masksam", tmp_path)
-    proc = run_bundle(bundle, "verify_metadata", "--meta_file", "configs/metadata.json", "--filepath", str(SCHEMA))
-    assert "metadata is verified with no error" in proc.stdout + proc.stderr
-
-
-@pytest.mark.parametrize(
-    ("configs", "workflow_type"),
-    [(["train.yaml"], "train"), (["train.yaml", "evaluate.yaml"], "train"), (["inference.yaml"], "infer")],
-)
-def test_required_properties(tmp_path: Path, synthetic_dataset: Path, configs: list[str], workflow_type: str) -> None:
-    bundle = copy_bundle("masksam", tmp_path)
-    workflow = ConfigWorkflow(
-        config_file=[str(bundle / "configs" / c) for c in configs],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        **(TINY_TRAIN_OVERRIDES if workflow_type == "train" else TINY_OVERRIDES),
-        dataset_dir=str(synthetic_dataset / ("imagesTs" if workflow_type == "infer" else "")),
-        bundle_root=str(bundle),  # outputs (TensorBoard logs) stay in the copy, not the working directory
-    )
-    workflow.initialize()
-    assert not workflow.check_properties()
 
 
 def test_train_saves_plain_state_dicts_and_full_training_state(trained: Path) -> None:
@@ -164,29 +133,7 @@ def test_same_file_names_in_two_folders_do_not_collide_and_inputs_are_never_over
 
 
 def test_verify_net_in_out_and_torchscript_export(trained: Path) -> None:
-    run_bundle(
-        trained, "verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json",
-        "--config_file", "configs/inference.yaml", *TINY_MODEL,
-    )  # fmt: skip
-    run_bundle(
-        trained, "ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
-        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml", "--use_trace", "True",
-        "--input_shape", "[1,1,32,32,4]", *TINY_MODEL,
-    )  # fmt: skip
-    scripted = torch.jit.load(str(trained / "models" / "model.ts"))
-    workflow = ConfigWorkflow(
-        config_file=str(trained / "configs" / "inference.yaml"),
-        workflow_type="infer",
-        bundle_root=str(trained),  # its initialisation creates <bundle_root>/eval: not in the working directory
-        **TINY_OVERRIDES,
-    )
-    workflow.initialize()
-    net = workflow.parser.get_parsed_content("network_def")
-    net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
-    net.eval()
-    x = torch.randn(1, 1, 32, 32, 4)
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(x), net(x), rtol=1e-4, atol=1e-5)
+    check_net_in_out_and_trace_export(trained, TINY_BUNDLES["masksam"])
 
 
 def test_two_seeded_cpu_runs_give_identical_losses(tmp_path: Path, synthetic_dataset: Path) -> None:
@@ -211,17 +158,6 @@ def test_mlflow_tracking(tmp_path: Path, synthetic_dataset: Path) -> None:
     )  # fmt: skip
     assert (bundle / "eval" / "mlruns.db").is_file()
     assert list((bundle / "eval").glob("config_*.json")), "the executed config is logged as an artifact"
-
-
-def test_multi_gpu_config_runs_ddp_with_gloo(tmp_path: Path, synthetic_dataset: Path) -> None:
-    bundle = copy_bundle("masksam", tmp_path)
-    proc = run_bundle(
-        bundle, "run", "--config_file", "['configs/train.yaml','configs/multi_gpu_train.yaml']",
-        "--dataset_dir", str(synthetic_dataset), "--max_epochs", "1", *TINY_TRAIN, torchrun=2,
-    )  # fmt: skip
-    log = proc.stdout + proc.stderr
-    assert log.count("training from scratch") == 2, "both ranks start the trainer"
-    assert (bundle / "models" / "checkpoint_1.pt").exists()
 
 
 def test_resume_after_sigkill(tmp_path: Path, synthetic_dataset: Path) -> None:
@@ -273,29 +209,6 @@ def test_resume_after_sigkill(tmp_path: Path, synthetic_dataset: Path) -> None:
     assert re.search(rf"resumed from .*checkpoint_{epoch}\.pt: epoch {epoch}", done.stdout + done.stderr)
     final = torch.load(models / f"checkpoint_{epoch + 1}.pt", map_location="cpu", weights_only=True)
     assert saved_epoch(final) == epoch + 1
-
-
-def test_zoo_export_runs_without_the_installed_package(tmp_path: Path, synthetic_dataset: Path) -> None:
-    """The exported copy carries the package under scripts/: it trains with `import masksam` made impossible."""
-    export = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "zoo_export.py"), "masksam", str(tmp_path)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    bundle = Path(export.stdout.strip().splitlines()[-1])
-    assert (bundle / "scripts" / "masksam" / "networks" / "masksam.py").is_file()
-    assert "scripts.masksam.networks.build_masksam" in (bundle / "configs" / "train.yaml").read_text()
-    argv = ["monai.bundle", "run", "--config_file", "configs/train.yaml", "--dataset_dir", str(synthetic_dataset),
-            "--max_epochs", "1", *TINY_TRAIN]  # fmt: skip
-    code = (
-        "import runpy, sys\n"
-        "sys.modules['masksam'] = None  # any `import masksam` now raises ImportError\n"
-        f"sys.argv = {argv!r}\n"
-        "runpy.run_module('monai.bundle', run_name='__main__')\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=bundle, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert (bundle / "models" / "model.pt").is_file()
 
 
 def test_validate_data_command_and_bad_labels_stop_training(tmp_path: Path, synthetic_dataset: Path) -> None:

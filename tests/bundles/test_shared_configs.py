@@ -28,7 +28,8 @@ METHOD_KEYS = {
         "num_queries", "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels",
         "query_chunk_size",
         # MA-SAM
-        "fact_rank", "fact_dropout", "adapter_dim", "flip_prob", "rotate_prob", "intensity_prob", "slice_stride",
+        "fact_rank", "fact_dropout", "adapter_dim", "flip_prob", "rotate_prob", "intensity_prob", "augment_ops",
+        "slice_stride",
         "warmup_iterations", "lr_power",
     },
     "inference.yaml": {
