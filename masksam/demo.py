@@ -70,9 +70,13 @@ def demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: i
 def ma_sam_demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: int) -> dict[str, Any]:
     """MA-SAM bundle settings of the demo: LiteMedSAM backbone, 64x64x5 stacks, percentile scaling, 9 classes.
 
-    The 3D adapters are 64 wide instead of the paper's 384 (a CPU budget: 5.4 M instead of 16.4 M trainable
-    parameters on LiteMedSAM), the warm-up is 10 steps instead of 250 (the demo trains fewer than 250), and
-    flips and 90-degree turns are off (left and right nuclei carry their own labels).
+    Departures from the bundle's (the paper's) recipe, for a single-volume fit of under 200 steps on a CPU:
+    3D adapters 64 wide instead of 384 (5.4 M instead of 16.4 M trainable parameters on LiteMedSAM); a
+    10-step warm-up instead of 250; polynomial decay of power 0.9 instead of 7 (with 7 the learning rate is
+    down to a fifth after a fifth of the steps); no flips or 90-degree turns (left and right nuclei carry their
+    own labels) and none of the rotation, gamma, erasing and two-of-six affine/intensity operations. With the
+    paper's power and augmentations, 167 steps gave a mean Dice of 0.008; with these, 80 steps gave 0.771
+    (which of the two changes matters was not isolated).
     """
     return {
         "bundle_root": str(work_dir),
@@ -95,6 +99,10 @@ def ma_sam_demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, ep
         "cache_rate": 1.0,
         "learning_rate": 0.002,
         "warmup_iterations": 10,
+        "lr_power": 0.9,
+        "rotate_prob": 0.0,
+        "intensity_prob": 0.0,
+        "augment_ops": 0,
         "resume": False,
         "amp": False,
         "use_tensorboard": False,
