@@ -2,8 +2,8 @@
 """Run every benchmark (``make bench``), then print the machine and a summary table.
 
 Each script runs in its own process; its output streams through and its final ``RESULT {json}`` line is
-collected. About 17 minutes on 2 idle CPU cores, 7 of them MA-SAM's (every script with its defaults, but MA-SAM
-with one timed round and a 10-slice volume, ``ARGS``). ``--device``/``--dtype`` are passed on to every script.
+collected. Every script runs with its defaults, but MA-SAM with one timed round and a 10-slice volume (``ARGS``)
+to keep the whole run short. ``--device``/``--dtype`` are passed on to every script.
 
     python benchmarks/run_all.py
     python benchmarks/run_all.py --only attention train_step
