@@ -9,6 +9,7 @@ from masksam.adapters.bottleneck import BottleneckAdapter
 from masksam.adapters.depth_conv import DepthConvAdapter3D
 from masksam.adapters.depth_mlp import DepthMLPAdapter3D
 from masksam.adapters.embedding import SliceDenseEmbedding, SliceEmbedding
+from masksam.adapters.hyper_prompt import HyperPromptingAdapter, PromptConditionedAdapter
 from masksam.adapters.low_rank import FacTFactors, FacTQKV, LoRAQKV
 from masksam.adapters.presets import (
     lora_block_adapters,
@@ -16,6 +17,7 @@ from masksam.adapters.presets import (
     masksam_block_adapters,
     masksam_decoder_adapters,
     med_sa_block_adapters,
+    med_sa_decoder_adapters,
 )
 from masksam.adapters.sd_trans import SpaceDepthTranspose, depth_grid
 from masksam.adapters.slice_conv import SliceConvAdapter3D
@@ -34,6 +36,8 @@ __all__ = [
     "DepthMLPAdapter3D",
     "SliceEmbedding",
     "SliceDenseEmbedding",
+    "HyperPromptingAdapter",
+    "PromptConditionedAdapter",
     "FacTFactors",
     "FacTQKV",
     "LoRAQKV",
@@ -45,6 +49,7 @@ __all__ = [
     "masksam_block_adapters",
     "masksam_decoder_adapters",
     "med_sa_block_adapters",
+    "med_sa_decoder_adapters",
     "count_parameters",
     "format_parameter_counts",
     "mark_trainable",

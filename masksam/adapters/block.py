@@ -53,7 +53,8 @@ BlockAdapterFactory = Callable[[Sequence[int]], Sequence["BlockAdapters | None"]
 class DecoderAdapters(nn.Module):
     """The adapters of one two-way attention layer; each slot is optional and returns a delta.
 
-    Slots (all called as ``adapter(x, num_slices)``):
+    Slots (all called as ``adapter(x, num_slices)``, or ``adapter(x, num_slices, prompt)`` with the problems' prompt
+    embeddings ``(N, C)`` for a :class:`~masksam.adapters.PromptConditionedAdapter` such as Med-SA's HyP-Adpt):
         self_attn: on the token self-attention output ``(N, T, C)``, added beside it.
         token_to_image: on the token-to-image attention output ``(N, T, C)``, added beside it.
         mlp: on the tokens entering the token MLP ``(N, T, C)``, added as ``mlp_scale * mlp(.)`` beside it.

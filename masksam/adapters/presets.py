@@ -17,6 +17,7 @@ from masksam.adapters.block import BlockAdapterFactory, BlockAdapters, DecoderAd
 from masksam.adapters.bottleneck import BottleneckAdapter
 from masksam.adapters.depth_conv import DepthConvAdapter3D
 from masksam.adapters.depth_mlp import DepthMLPAdapter3D
+from masksam.adapters.hyper_prompt import HyperPromptingAdapter
 from masksam.adapters.low_rank import FacTFactors, FacTQKV, LoRAQKV
 from masksam.adapters.sd_trans import SpaceDepthTranspose
 from masksam.adapters.slice_conv import SliceConvAdapter3D
@@ -27,6 +28,7 @@ __all__ = [
     "masksam_block_adapters",
     "masksam_decoder_adapters",
     "med_sa_block_adapters",
+    "med_sa_decoder_adapters",
 ]
 
 
@@ -138,3 +140,24 @@ def masksam_decoder_adapters(
         for _ in range(depth)
     ]
     return layers, mlp()
+
+
+def med_sa_decoder_adapters(
+    dim: int, hidden_dim: int, depth: int, hyper_hidden_dim: int = 64, mlp_scale: float = 0.5
+) -> list[DecoderAdapters]:
+    """Med-SA's decoder adapters, three per two-way layer (paper): the Hyper-Prompting adapter on the
+    token-to-image attention output, a bottleneck adapter beside the token MLP (x ``mlp_scale``, as in the
+    encoder) and one on the image-to-token attention output.
+
+    Returns:
+        ``layer_adapters`` for :class:`~masksam.networks.AdaptedTwoWayTransformer` (no final adapter).
+    """
+    return [
+        DecoderAdapters(
+            token_to_image=HyperPromptingAdapter(dim, hidden_dim, hyper_hidden_dim=hyper_hidden_dim),
+            mlp=BottleneckAdapter(dim, hidden_dim),
+            image_to_token=BottleneckAdapter(dim, hidden_dim),
+            mlp_scale=mlp_scale,
+        )
+        for _ in range(depth)
+    ]

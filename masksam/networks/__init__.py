@@ -4,7 +4,7 @@
 Shared: :mod:`~masksam.networks.mask_decoder` (SAM's two-way decoder with adapter slots) and
 :mod:`~masksam.networks.settings` (build settings that travel with the weights). Per method:
 :mod:`~masksam.networks.masksam` with its :mod:`~masksam.networks.prompt_generator`;
-:mod:`~masksam.networks.ma_sam`.
+:mod:`~masksam.networks.ma_sam`; :mod:`~masksam.networks.med_sa`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from masksam.networks.masksam import (
     Stem3D,
     build_masksam,
 )
+from masksam.networks.med_sa import NO_PROMPT_LOGIT, MedSA, PromptedMaskDecoder, build_med_sa, embed_sparse_prompts
 from masksam.networks.prompt_generator import PromptGenerator3D, conv_block, learned_box
 from masksam.networks.settings import (
     EXTRA_STATE_SUFFIX,
@@ -30,6 +31,11 @@ from masksam.networks.settings import (
 )
 
 __all__ = [
+    "embed_sparse_prompts",
+    "build_med_sa",
+    "PromptedMaskDecoder",
+    "MedSA",
+    "NO_PROMPT_LOGIT",
     "AdaptedTwoWayTransformer",
     "ClassHead",
     "EXTRA_STATE_SUFFIX",

@@ -21,15 +21,29 @@ from segment_anything.modeling import TwoWayTransformer
 from torch import nn
 
 from masksam.adapters.block import DecoderAdapters
+from masksam.adapters.hyper_prompt import PromptConditionedAdapter
 from masksam.backbones.attention import sam_decoder_attention
 from masksam.backbones.checkpointing import maybe_checkpoint
 
 __all__ = ["AdaptedTwoWayTransformer", "hypernetwork_masks"]
 
 
-def _plus(x: torch.Tensor, adapter: nn.Module | None, num_slices: int, scale: float = 1.0) -> torch.Tensor:
+def _delta(adapter: nn.Module, x: torch.Tensor, num_slices: int, prompt: torch.Tensor | None) -> torch.Tensor:
+    """A slot adapter's delta; prompt-conditioned adapters also receive the problems' prompt embeddings."""
+    if isinstance(adapter, PromptConditionedAdapter):
+        if prompt is None:
+            raise ValueError(
+                f"{type(adapter).__name__} is conditioned on the prompt: pass prompt_embedding (N, C) to the decoder"
+            )
+        return adapter(x, num_slices, prompt)
+    return adapter(x, num_slices)
+
+
+def _plus(
+    x: torch.Tensor, adapter: nn.Module | None, num_slices: int, prompt: torch.Tensor | None, scale: float = 1.0
+) -> torch.Tensor:
     """``x + scale * adapter(x)`` for a filled slot, else ``x``."""
-    return x if adapter is None else x + scale * adapter(x, num_slices)
+    return x if adapter is None else x + scale * _delta(adapter, x, num_slices, prompt)
 
 
 class AdaptedTwoWayTransformer(nn.Module):
@@ -75,26 +89,29 @@ class AdaptedTwoWayTransformer(nn.Module):
         key_pe: torch.Tensor,
         grid: tuple[int, int],
         num_slices: int,
+        prompt: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One two-way attention layer with its adapters: ``(queries, keys)`` -> ``(queries, keys)``."""
         if layer.skip_first_layer_pe:
-            queries = _plus(sam_decoder_attention(layer.self_attn, queries, queries, queries), ad.self_attn, num_slices)
+            a = sam_decoder_attention(layer.self_attn, queries, queries, queries)
+            queries = _plus(a, ad.self_attn, num_slices, prompt)
         else:
             q = queries + query_pe
-            queries = queries + _plus(sam_decoder_attention(layer.self_attn, q, q, queries), ad.self_attn, num_slices)
+            a = sam_decoder_attention(layer.self_attn, q, q, queries)
+            queries = queries + _plus(a, ad.self_attn, num_slices, prompt)
         queries = layer.norm1(queries)
         a = sam_decoder_attention(layer.cross_attn_token_to_image, queries + query_pe, self._add_pe(keys, key_pe), keys)
-        queries = layer.norm2(queries + _plus(a, ad.token_to_image, num_slices))
+        queries = layer.norm2(queries + _plus(a, ad.token_to_image, num_slices, prompt))
         mlp = layer.mlp(queries)
         if ad.mlp is not None:
-            mlp = mlp + ad.mlp_scale * ad.mlp(queries, num_slices)
+            mlp = mlp + ad.mlp_scale * _delta(ad.mlp, queries, num_slices, prompt)
         queries = layer.norm3(queries + mlp)
         a = sam_decoder_attention(
             layer.cross_attn_image_to_token, self._add_pe(keys, key_pe), queries + query_pe, queries
         )
         if ad.image_to_token is not None:
             n, _, c = a.shape
-            a = a + ad.image_to_token(a.reshape(n, *grid, c), num_slices).reshape(a.shape)
+            a = a + _delta(ad.image_to_token, a.reshape(n, *grid, c), num_slices, prompt).reshape(a.shape)
         return queries, layer.norm4(keys + a)
 
     def forward(
@@ -103,6 +120,7 @@ class AdaptedTwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
         num_slices: int = 1,
+        prompt_embedding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the two-way transformer on ``N`` decoding problems.
 
@@ -112,6 +130,8 @@ class AdaptedTwoWayTransformer(nn.Module):
                 ``image_pe[n % P]`` (SAM: ``P = 1``; a per-slice encoding: ``P = D``).
             point_embedding: ``(N, T, C)`` tokens (output tokens and sparse prompts).
             num_slices: D, passed to the adapters.
+            prompt_embedding: ``(N, C)`` one embedding of each problem's prompt, passed to prompt-conditioned
+                adapters (:class:`~masksam.adapters.PromptConditionedAdapter`); required when there are any.
 
         Returns:
             ``queries (N, T, C)`` and ``keys (N, h*w, C)``, channels-last.
@@ -137,19 +157,33 @@ class AdaptedTwoWayTransformer(nn.Module):
                 key_pe,
                 (h, w),
                 num_slices,
+                prompt_embedding,
             )
         queries = maybe_checkpoint(
-            self.gradient_checkpointing, self._final, queries, keys, point_embedding, key_pe, num_slices
+            self.gradient_checkpointing,
+            self._final,
+            queries,
+            keys,
+            point_embedding,
+            key_pe,
+            num_slices,
+            prompt_embedding,
         )
         return queries, keys
 
     def _final(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor, num_slices: int
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        num_slices: int,
+        prompt: torch.Tensor | None,
     ) -> torch.Tensor:
         """The final token-to-image attention with its adapter, and its norm."""
         t = self.transformer
         a = sam_decoder_attention(t.final_attn_token_to_image, queries + query_pe, self._add_pe(keys, key_pe), keys)
-        return t.norm_final_attn(queries + _plus(a, self.final_adapter, num_slices))
+        return t.norm_final_attn(queries + _plus(a, self.final_adapter, num_slices, prompt))
 
 
 def hypernetwork_masks(
