@@ -6,13 +6,14 @@
   (B, K, H, W, D)`` network for MONAI's ``SlidingWindowInferer``, ``DiceMetric`` and post-transforms);
 - semantic logits of T-slice stacks (MA-SAM) -> class probabilities of whole volumes:
   :mod:`~masksam.inferers.slice_window` (:class:`SliceWindowInferer`, a MONAI ``Inferer``);
-- prompt-driven binary masks (Med-SA, SAM-UNet: one mask per prompt, with an interactive predictor that
-  encodes a volume once) come with those methods.
+- prompt-driven binary masks (Med-SA, SAM-UNet: one mask per prompt set): :mod:`~masksam.inferers.prompted`
+  (:class:`PromptedVolumePredictor`, the interactive API that encodes a volume once, and :class:`PromptedInferer`).
 """
 
 from __future__ import annotations
 
+from masksam.inferers.prompted import PromptedInferer, PromptedVolumePredictor
 from masksam.inferers.semantic import SemanticWrapper, semantic_scores
 from masksam.inferers.slice_window import SliceWindowInferer
 
-__all__ = ["SemanticWrapper", "SliceWindowInferer", "semantic_scores"]
+__all__ = ["PromptedInferer", "PromptedVolumePredictor", "SemanticWrapper", "SliceWindowInferer", "semantic_scores"]

@@ -1,0 +1,172 @@
+# Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
+"""Prompt-driven volume inference: encode a volume once, answer each prompt with the decoder only.
+
+:class:`PromptedVolumePredictor` is the interactive API (as ``segment_anything``'s ``SamPredictor``, for
+volumes): :meth:`~PromptedVolumePredictor.set_volume` runs the image encoder over the volume's stacks of
+``num_slices`` slices once; :meth:`~PromptedVolumePredictor.predict` decodes the prompted slices, and with
+``refine=True`` feeds each slice's previous logits back as SAM's dense prompt, so a new click corrects the
+last mask. :class:`PromptedInferer` is the same computation as a MONAI ``Inferer`` for bundle configs.
+
+The network is a prompted slice-stack network with ``encode(x (B, C, S, S, T)) -> (B*T, C', h, w)``,
+``decode(embeddings, coords (N, P, 2), labels (N, P), mask_inputs) -> (N, 1, 4h, 4w)``, ``num_slices`` T and
+``image_size`` S (:class:`masksam.networks.MedSA`). Prompts use the per-slice format of
+:mod:`masksam.networks.med_sa` in the voxel grid of the ``(C, S, S, D)`` volume.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import Inferer
+from torch import nn
+from tqdm import tqdm
+
+__all__ = ["PromptedInferer", "PromptedVolumePredictor"]
+
+
+def _pad_slices(x: torch.Tensor, num_slices: int) -> torch.Tensor:
+    """``(..., D)`` -> ``(..., ceil(D / T) * T)`` by repeating the last slice."""
+    extra = -x.shape[-1] % num_slices
+    return torch.cat([x, x[..., -1:].expand(*x.shape[:-1], extra)], dim=-1) if extra else x
+
+
+class PromptedVolumePredictor:
+    """Interactive segmentation of one volume: the encoder runs once per volume, the decoder once per prompt.
+
+    Args:
+        network: a prompted slice-stack network (module docstring), e.g. :class:`masksam.networks.MedSA`.
+        device: where the network runs (default: where its parameters are).
+        sw_batch_size: stacks of ``num_slices`` slices per encoder call (memory bound).
+        progress: show a progress bar while encoding.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        device: str | torch.device | None = None,
+        sw_batch_size: int = 1,
+        progress: bool = False,
+    ) -> None:
+        if sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+        self.network = network
+        self.device = torch.device(device) if device is not None else next(network.parameters()).device
+        self.sw_batch_size = sw_batch_size
+        self.progress = progress
+        self.embeddings: torch.Tensor | None = None
+        self.low_res: torch.Tensor | None = None
+        self.decoded: torch.Tensor | None = None
+        self.depth = 0
+
+    @torch.no_grad()
+    def set_volume(self, image: torch.Tensor) -> None:
+        """Encode ``image (C, S, S, D)`` (intensities in [0, 1], the network's model space); forget previous masks.
+
+        The slice axis is cut into stacks of ``num_slices`` (the last one completed by repeating the last slice).
+        """
+        net = self.network
+        if image.ndim != 4 or image.shape[1] != net.image_size or image.shape[2] != net.image_size:
+            raise ValueError(
+                f"expected a (C, {net.image_size}, {net.image_size}, D) volume in the network's model space, got "
+                f"{tuple(image.shape)}"
+            )
+        t = net.num_slices
+        padded = _pad_slices(image.to(self.device), t)
+        stacks = padded.reshape(*padded.shape[:-1], -1, t).permute(3, 0, 1, 2, 4)  # (n, C, S, S, T)
+        batches = range(0, stacks.shape[0], self.sw_batch_size)
+        if self.progress:
+            batches = tqdm(batches, desc="encoding stacks", unit="batch")
+        self.embeddings = torch.cat([net.encode(stacks[i : i + self.sw_batch_size]) for i in batches])
+        self.depth = image.shape[-1]
+        self.low_res = self.decoded = None
+
+    @torch.no_grad()
+    def predict(self, prompt_coords: torch.Tensor, prompt_labels: torch.Tensor, refine: bool = False) -> torch.Tensor:
+        """Segment the structure the prompts point at, with the decoder only.
+
+        Args:
+            prompt_coords: ``(D, P, 2)`` per-slice ``(i, j)`` voxel coordinates.
+            prompt_labels: ``(D, P)`` per-slice labels (1 / 0 clicks, 2 / 3 box corners, -1 padding).
+            refine: give each prompted slice that already has a mask its previous logits as the dense prompt (a new
+                click corrects the last mask) and keep the masks of slices not prompted now; otherwise start afresh.
+
+        Returns:
+            ``(1, S, S, D)`` mask logits (very negative on slices without a prompt).
+        """
+        if self.embeddings is None:
+            raise RuntimeError("call set_volume(image) before predict(...)")
+        if prompt_coords.shape[:1] != (self.depth,) or prompt_labels.shape != prompt_coords.shape[:2]:
+            raise ValueError(
+                f"prompts for a volume of {self.depth} slices must be (D, P, 2) coords and (D, P) labels, got "
+                f"{tuple(prompt_coords.shape)} and {tuple(prompt_labels.shape)}"
+            )
+        n = self.embeddings.shape[0]
+        coords = F.pad(prompt_coords.to(self.device).float(), (0, 0, 0, 0, 0, n - self.depth))
+        labels = F.pad(prompt_labels.to(self.device), (0, 0, 0, n - self.depth), value=-1)
+        prompted = (labels >= 0).any(dim=1)
+        net = self.network
+        if refine and self.low_res is not None:
+            again = prompted & self.decoded  # slices with a previous mask: it becomes the dense prompt
+            fresh = net.decode(self.embeddings, coords, _only(labels, prompted & ~again))
+            refined = net.decode(self.embeddings, coords, _only(labels, again), mask_inputs=self.low_res)
+            low = torch.where(again[:, None, None, None], refined, fresh)
+            self.low_res = torch.where(prompted[:, None, None, None], low, self.low_res)  # the others keep theirs
+            self.decoded = self.decoded | prompted
+        else:
+            self.low_res, self.decoded = net.decode(self.embeddings, coords, labels), prompted
+        s = net.image_size
+        logits = F.interpolate(self.low_res, size=(s, s), mode="bilinear", align_corners=False)
+        return logits[: self.depth, 0].permute(1, 2, 0)[None]
+
+
+def _only(labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``labels (N, P)`` with every row not in the boolean ``rows (N,)`` made padding (not decoded)."""
+    return torch.where(rows[:, None], labels, torch.full_like(labels, -1))
+
+
+class PromptedInferer(Inferer):
+    """MONAI ``Inferer`` running :class:`PromptedVolumePredictor` on each volume of a batch.
+
+    ``inferer(inputs, network, prompt_coords=..., prompt_labels=...)`` with ``inputs (B, C, S, S, D)``,
+    ``prompt_coords (B, D, P, 2)``, ``prompt_labels (B, D, P)`` returns ``(B, 1, S, S, D)`` logits. In an ignite
+    engine, ``monai.engines.PrepareBatchExtraInput`` passes the prompt keys of the batch as these arguments.
+
+    Args:
+        sw_batch_size: stacks per encoder call.
+        sw_device: device the network runs on (default: the network's).
+        device: device of the output (default: the input's).
+        progress: progress bar while encoding.
+    """
+
+    def __init__(
+        self,
+        sw_batch_size: int = 1,
+        sw_device: str | torch.device | None = None,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        self.sw_batch_size = sw_batch_size
+        self.sw_device = sw_device
+        self.device = device
+        self.progress = progress
+
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module,
+        prompt_coords: torch.Tensor,
+        prompt_labels: torch.Tensor,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        net = getattr(network, "module", network)  # DDP
+        predictor = PromptedVolumePredictor(net, self.sw_device, self.sw_batch_size, self.progress)
+        outputs = []
+        for b in range(inputs.shape[0]):
+            predictor.set_volume(inputs[b])
+            outputs.append(predictor.predict(prompt_coords[b], prompt_labels[b]))
+        out = torch.stack(outputs)
+        return out.to(self.device if self.device is not None else inputs.device)
