@@ -22,7 +22,7 @@ from typing import Any
 
 from common import machine
 
-SCRIPTS = ("attention", "inference_per_slice", "train_step", "sliding_window", "ma_sam")
+SCRIPTS = ("attention", "inference_per_slice", "train_step", "sliding_window", "ma_sam", "med_sa")
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Arguments of a script besides its defaults, to keep the whole run within its budget.
 ARGS = {"ma_sam": ["--rounds", "1", "--volume-slices", "10"]}
@@ -138,6 +138,17 @@ def summary(results: dict[str, dict[str, Any] | None]) -> list[tuple[str, str, s
                     "memory <= 0.5x",
                 )
             )
+    med = results.get("med_sa")
+    if med:
+        c, t = med["config"], med["time_s"]
+        rows.append(
+            (
+                f"Med-SA next prompt {c['backbone']} {c['size']}x{c['size']}x{c['slices']} vs first (encoder + decoder)",
+                f"{t['next']:.3f}s vs {t['first']:.2f}s = {100 * med['ratio_next_vs_first']:.1f}%; refining click "
+                f"{100 * med['ratio_refine_vs_first']:.1f}%",
+                "<= 5%",
+            )
+        )
     for name, res in results.items():
         if res is None:
             rows.append((name, "FAILED", "-"))

@@ -169,3 +169,13 @@ def test_module_flops_counts_adapters_and_cpu_attention() -> None:
     bias = torch.rand(2, 3, 10, 7)
     sdpa = common.module_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias))
     assert sdpa[""] == 2 * 2 * 3 * 10 * 7 * (8 + 5)
+
+
+def test_med_sa_benchmark_times_each_prompt_after_the_first() -> None:
+    result = run("med_sa.py", "--backbone", "tiny", "--size", "64", "--slices", "4", "--rounds", "1")
+    assert set(result["time_s"]) == {"first", "next", "refine"}
+    assert result["ratio_next_vs_first"] == pytest.approx(
+        result["time_s"]["next"] / result["time_s"]["first"], rel=1e-2
+    )
+    rows = import_benchmark("run_all").summary({"med_sa": result})
+    assert rows[0][0].startswith("Med-SA next prompt tiny 64x64x4") and rows[0][2] == "<= 5%"
