@@ -127,16 +127,25 @@ def _only(labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 class PromptedInferer(Inferer):
-    """MONAI ``Inferer`` running :class:`PromptedVolumePredictor` on each volume of a batch.
+    """MONAI ``Inferer`` running :class:`PromptedVolumePredictor` on each volume of a batch, for one or several
+    structures per volume (the encoder runs once per volume).
 
-    ``inferer(inputs, network, prompt_coords=..., prompt_labels=...)`` with ``inputs (B, C, S, S, D)``,
-    ``prompt_coords (B, D, P, 2)``, ``prompt_labels (B, D, P)`` returns ``(B, 1, S, S, D)`` logits. In an ignite
-    engine, ``monai.engines.PrepareBatchExtraInput`` passes the prompt keys of the batch as these arguments.
+    ``inferer(inputs, network, prompt_coords=..., prompt_labels=...)`` with ``inputs (B, C, S, S, D)``:
+
+    - one structure: ``prompt_coords (B, D, P, 2)``, ``prompt_labels (B, D, P)`` -> ``(B, 1, S, S, D)`` logits;
+    - ``M`` structures: ``prompt_coords (B, M, D, P, 2)``, ``prompt_labels (B, M, D, P)`` -> ``(B, M, S, S, D)``
+      logits, channel ``m`` the structure of prompt set ``m``.
+
+    With ``background_logit`` set, a constant channel of that value comes first: the argmax over channels is then
+    a label map (structure ``m`` where its logit is above ``background_logit`` and the largest; 0 elsewhere), so
+    the output feeds the same post-processing, metrics and ensembling as a semantic network's class scores.
+    In an ignite engine, ``monai.engines.PrepareBatchExtraInput`` passes the prompt keys of the batch.
 
     Args:
         sw_batch_size: stacks per encoder call.
         sw_device: device the network runs on (default: the network's).
         device: device of the output (default: the input's).
+        background_logit: value of a leading background channel (None: no such channel).
         progress: progress bar while encoding.
     """
 
@@ -145,12 +154,14 @@ class PromptedInferer(Inferer):
         sw_batch_size: int = 1,
         sw_device: str | torch.device | None = None,
         device: str | torch.device | None = None,
+        background_logit: float | None = None,
         progress: bool = False,
     ) -> None:
         super().__init__()
         self.sw_batch_size = sw_batch_size
         self.sw_device = sw_device
         self.device = device
+        self.background_logit = background_logit
         self.progress = progress
 
     def __call__(  # type: ignore[override]
@@ -162,11 +173,21 @@ class PromptedInferer(Inferer):
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
+        if prompt_coords.ndim == 4:  # one structure per volume
+            prompt_coords, prompt_labels = prompt_coords[:, None], prompt_labels[:, None]
+        b, d = inputs.shape[0], inputs.shape[-1]
+        if prompt_coords.ndim != 5 or prompt_coords.shape[:1] != (b,) or prompt_coords.shape[2] != d:
+            raise ValueError(
+                f"prompts for {b} volumes of {d} slices must be (B, [M,] D, P, 2) coords, got {tuple(prompt_coords.shape)}"
+            )
         net = getattr(network, "module", network)  # DDP
         predictor = PromptedVolumePredictor(net, self.sw_device, self.sw_batch_size, self.progress)
         outputs = []
-        for b in range(inputs.shape[0]):
-            predictor.set_volume(inputs[b])
-            outputs.append(predictor.predict(prompt_coords[b], prompt_labels[b]))
+        for i in range(b):
+            predictor.set_volume(inputs[i])
+            channels = [predictor.predict(xy, lab) for xy, lab in zip(prompt_coords[i], prompt_labels[i], strict=True)]
+            if self.background_logit is not None:
+                channels.insert(0, torch.full_like(channels[0], self.background_logit))
+            outputs.append(torch.cat(channels))
         out = torch.stack(outputs)
         return out.to(self.device if self.device is not None else inputs.device)

@@ -86,3 +86,20 @@ def test_inferer_batches_volumes_and_names_misuse(model) -> None:
     predictor.set_volume(x[0])
     with pytest.raises(ValueError, match="3 slices"):
         predictor.predict(coords[0, :2], labels[0, :2])
+
+
+def test_inferer_segments_several_structures_into_channels_and_a_label_map(model) -> None:
+    x = torch.rand(1, 1, SIZE, SIZE, 3)
+    (c1, l1), (c2, l2) = _prompts(3, 0), _prompts(3, 1)
+    coords, labels = torch.stack([c1, c2])[None], torch.stack([l1, l2])[None]
+    encoder_calls = _count_calls(model.encoder)
+    out = PromptedInferer(background_logit=0.0)(x, model, prompt_coords=coords, prompt_labels=labels)
+    assert len(encoder_calls) == 1, "one encoder pass for every structure of a volume"
+    assert out.shape == (1, 3, SIZE, SIZE, 3) and torch.all(out[:, 0] == 0)
+    with torch.no_grad():
+        torch.testing.assert_close(out[:, 1:2], model(x, c1[None], l1[None]), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out[:, 2:3], model(x, c2[None], l2[None]), atol=1e-5, rtol=1e-4)
+    label_map = out.argmax(1)
+    assert torch.equal(label_map == 0, (out[:, 1:] <= 0).all(1))
+    with pytest.raises(ValueError, match="3 slices"):
+        PromptedInferer()(x, model, prompt_coords=coords[:, :, :2], prompt_labels=labels[:, :, :2])
