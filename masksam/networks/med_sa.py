@@ -199,9 +199,9 @@ class MedSA(RecordsBuildSettings):
         """``x (B, C_in, S, S, D)`` intensities in [0, 1] -> image embeddings ``(B*D, C, h, w)`` (slice ``n = b*D + d``)."""
         self._check_stack(x)
         b, _, s, _, t = x.shape
-        grey = x.mean(dim=1).permute(0, 3, 1, 2).reshape(b * t, 1, s, s)
-        rgb = (255.0 * grey - self.pixel_mean) / self.pixel_std
-        return self.encoder(rgb.to(x.dtype), t)[-1]
+        grey = x.mean(dim=1).permute(0, 3, 1, 2).reshape(b * t, 1, s, s).to(self.pixel_mean.dtype)
+        rgb = (255.0 * grey - self.pixel_mean) / self.pixel_std  # in the network's dtype, whatever the input's
+        return self.encoder(rgb, t)[-1]
 
     def decode(
         self,
