@@ -7,13 +7,21 @@
 - semantic logits of T-slice stacks (MA-SAM) -> class probabilities of whole volumes:
   :mod:`~masksam.inferers.slice_window` (:class:`SliceWindowInferer`, a MONAI ``Inferer``);
 - prompt-driven binary masks (Med-SA, SAM-UNet: one mask per prompt set): :mod:`~masksam.inferers.prompted`
-  (:class:`PromptedVolumePredictor`, the interactive API that encodes a volume once, and :class:`PromptedInferer`).
+  (:class:`PromptedVolumePredictor`, the interactive API that encodes a volume once; :class:`PromptedInferer`;
+  :class:`IterativeClickInferer` for training with correction clicks).
 """
 
 from __future__ import annotations
 
-from masksam.inferers.prompted import PromptedInferer, PromptedVolumePredictor
+from masksam.inferers.prompted import IterativeClickInferer, PromptedInferer, PromptedVolumePredictor
 from masksam.inferers.semantic import SemanticWrapper, semantic_scores
 from masksam.inferers.slice_window import SliceWindowInferer
 
-__all__ = ["PromptedInferer", "PromptedVolumePredictor", "SemanticWrapper", "SliceWindowInferer", "semantic_scores"]
+__all__ = [
+    "IterativeClickInferer",
+    "PromptedInferer",
+    "PromptedVolumePredictor",
+    "SemanticWrapper",
+    "SliceWindowInferer",
+    "semantic_scores",
+]

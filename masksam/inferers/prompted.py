@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["PromptedInferer", "PromptedVolumePredictor"]
+__all__ = ["IterativeClickInferer", "PromptedInferer", "PromptedVolumePredictor"]
 
 
 def _pad_slices(x: torch.Tensor, num_slices: int) -> torch.Tensor:
@@ -191,3 +192,59 @@ class PromptedInferer(Inferer):
             outputs.append(torch.cat(channels))
         out = torch.stack(outputs)
         return out.to(self.device if self.device is not None else inputs.device)
+
+
+class IterativeClickInferer(Inferer):
+    """Training with simulated corrections (SAM's and Med-SA's iterative clicks): predict, click the larger error
+    region of every slice (:func:`masksam.transforms.error_region_clicks`), predict again with the new click and
+    the previous mask as dense prompt, ``correction_clicks`` times; only the last prediction keeps its graph.
+
+    ``inferer(inputs, network, prompt_coords, prompt_labels, target)``: ``inputs (B, C, S, S, D)``, per-slice prompts
+    ``(B, D, P, 2)``/``(B, D, P)``, binary ``target (B, 1, S, S, D)``; returns the last ``(B, 1, S, S, D)`` logits.
+    ``network(x, prompt_coords, prompt_labels, mask_inputs)`` is called directly (so DDP synchronises), the previous
+    logits resized to the size of the network's dense prompt (``prompt_encoder.mask_input_size``) as ``mask_inputs``.
+    With ``correction_clicks=0`` it is ``network(x, prompt_coords, prompt_labels)``.
+
+    Args:
+        correction_clicks: rounds of error-region clicks before the final prediction.
+        mode: ``"random"`` (a random voxel of the error region) or ``"center"`` (the one farthest from its border).
+        seed: seed of the click sampling.
+    """
+
+    def __init__(self, correction_clicks: int = 1, mode: str = "random", seed: int = 0) -> None:
+        super().__init__()
+        if correction_clicks < 0:
+            raise ValueError(f"correction_clicks must be >= 0, got {correction_clicks}")
+        self.correction_clicks = correction_clicks
+        self.mode = mode
+        self.rng = np.random.RandomState(seed)
+
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module,
+        prompt_coords: torch.Tensor,
+        prompt_labels: torch.Tensor,
+        target: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        from masksam.transforms.prompt_simulation import error_region_clicks
+
+        if self.correction_clicks and target is None:
+            raise ValueError("IterativeClickInferer needs the target to simulate correction clicks")
+        mask_inputs = None
+        for _ in range(self.correction_clicks):
+            with torch.no_grad():
+                logits = network(inputs, prompt_coords, prompt_labels, mask_inputs)
+            new_coords, new_labels = error_region_clicks(
+                (logits[:, 0] > 0).cpu(), (target[:, 0] > 0.5).cpu(), mode=self.mode, rng=self.rng
+            )
+            prompt_coords = torch.cat([prompt_coords, new_coords.to(prompt_coords)], dim=-2)
+            prompt_labels = torch.cat([prompt_labels, new_labels.to(prompt_labels)], dim=-1)
+            size = getattr(network, "module", network).prompt_encoder.mask_input_size  # SAM's dense-prompt size
+            low = F.interpolate(
+                logits.permute(0, 4, 1, 2, 3).flatten(0, 1), size=size, mode="bilinear", align_corners=False
+            )
+            mask_inputs = low.reshape(*logits.shape[:1], logits.shape[-1], *low.shape[1:]).detach()
+        return network(inputs, prompt_coords, prompt_labels, mask_inputs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from masksam.inferers import PromptedInferer, PromptedVolumePredictor
+from masksam.inferers import IterativeClickInferer, PromptedInferer, PromptedVolumePredictor
 from masksam.networks import NO_PROMPT_LOGIT, build_med_sa
 from tests.networks.test_med_sa import SIZE, box_prompts, randomise
 
@@ -103,3 +103,26 @@ def test_inferer_segments_several_structures_into_channels_and_a_label_map(model
     assert torch.equal(label_map == 0, (out[:, 1:] <= 0).all(1))
     with pytest.raises(ValueError, match="3 slices"):
         PromptedInferer()(x, model, prompt_coords=coords[:, :, :2], prompt_labels=labels[:, :, :2])
+
+
+def test_iterative_clicks_add_a_correction_and_the_previous_mask() -> None:
+    torch.manual_seed(0)
+    net = build_med_sa("tiny", image_size=SIZE, num_slices=2, decoder_adapter_dim=16)
+    randomise(net)
+    x = torch.rand(1, 1, SIZE, SIZE, 2)
+    target = torch.zeros(1, 1, SIZE, SIZE, 2)
+    target[..., 10:30, 12:40, :] = 1
+    coords, labels = box_prompts(torch.tensor([[10.0, 12.0, 29.0, 39.0]] * 2))
+    coords, labels = coords[None], labels[None]
+    seen: list[tuple] = []
+    hook = net.register_forward_pre_hook(lambda m, args: seen.append((args[1].shape, args[3] is not None)))
+    out = IterativeClickInferer(correction_clicks=2)(x, net, coords, labels, target)
+    assert [s for s, _ in seen] == [(1, 2, 3, 2), (1, 2, 4, 2), (1, 2, 5, 2)], "one click per round"
+    assert [m for _, m in seen] == [False, True, True], "rounds after the first get the previous mask"
+    assert out.requires_grad and out.shape == (1, 1, SIZE, SIZE, 2)
+    hook.remove()
+    plain = IterativeClickInferer(correction_clicks=0)(x, net, coords, labels)
+    with torch.no_grad():
+        torch.testing.assert_close(plain, net(x, coords, labels))
+    with pytest.raises(ValueError, match="target"):
+        IterativeClickInferer(correction_clicks=1)(x, net, coords, labels)
