@@ -30,7 +30,15 @@ from masksam.transforms.prompt_space import (
     empty_slice_prompts,
     slice_prompts,
 )
-from masksam.transforms.prompts import PROMPT_SCHEMA, LoadPromptsd, PromptError, Prompts, read_prompts, validate_prompts
+from masksam.transforms.prompts import (
+    PROMPT_SCHEMA,
+    LoadPromptsd,
+    PromptError,
+    Prompts,
+    read_prompt_file,
+    read_prompts,
+    validate_prompts,
+)
 from masksam.transforms.validation import CheckedLoadImaged, ValidateInputd
 
 __all__ = [
@@ -62,6 +70,7 @@ __all__ = [
     "load_transforms",
     "pack_slice_prompts",
     "random_voxels",
+    "read_prompt_file",
     "read_prompts",
     "shifted_boxes",
     "slice_prompts",

@@ -25,7 +25,8 @@ box (or padding). A slice whose labels are all -1 has no prompt.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -67,6 +68,13 @@ def _image_and_source(d: Mapping[Hashable, Any], image_key: str, key: Hashable) 
     return image, f"{meta.get('filename_or_obj', image_key)} [{key}]"
 
 
+def _each(value: Any, source: str, fn: Callable[[Any, str], Any]) -> Any:
+    """``fn(prompts, source)`` on one structure's prompt dict, or on each of a list of them (one per structure)."""
+    if isinstance(value, list):
+        return [fn(v, f"{source}[{i}]") for i, v in enumerate(value)]
+    return fn(value, source)
+
+
 class PromptsToWorldd(MapTransform):
     """Voxel prompts of :class:`~masksam.transforms.LoadPromptsd` -> world coordinates through the image's affine.
 
@@ -89,22 +97,22 @@ class PromptsToWorldd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             image, source = _image_and_source(d, self.image_key, key)
-            prompts = d[key]
-            if not isinstance(prompts, Mapping) or prompts.get("space", "voxel") != "voxel" or "boxes" not in prompts:
-                raise PromptError(f"{source}: PromptsToWorldd expects the voxel prompts of LoadPromptsd under '{key}'")
-            affine = getattr(image, "affine", None)
-            if affine is None:
-                raise PromptError(
-                    f"{source}: the image under '{self.image_key}' has no affine (load it as a MetaTensor)"
-                )
-            d[key] = {
-                "space": "world",
-                "points": _map(torch.as_tensor(prompts["points"]), affine),
-                "point_labels": torch.as_tensor(prompts["point_labels"]),
-                "box_corners": _map(box_corners(torch.as_tensor(prompts["boxes"])), affine),
-                "label": prompts.get("label"),
-            }
+            d[key] = _each(d[key], source, partial(self._to_world, image=image, key=key))
         return d
+
+    def _to_world(self, prompts: Any, source: str, image: Any, key: Hashable) -> dict[str, Any]:
+        if not isinstance(prompts, Mapping) or prompts.get("space", "voxel") != "voxel" or "boxes" not in prompts:
+            raise PromptError(f"{source}: PromptsToWorldd expects the voxel prompts of LoadPromptsd under '{key}'")
+        affine = getattr(image, "affine", None)
+        if affine is None:
+            raise PromptError(f"{source}: the image under '{self.image_key}' has no affine (load it as a MetaTensor)")
+        return {
+            "space": "world",
+            "points": _map(torch.as_tensor(prompts["points"]), affine),
+            "point_labels": torch.as_tensor(prompts["point_labels"]),
+            "box_corners": _map(box_corners(torch.as_tensor(prompts["boxes"])), affine),
+            "label": prompts.get("label"),
+        }
 
 
 class PromptsToVoxeld(MapTransform):
@@ -131,32 +139,33 @@ class PromptsToVoxeld(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             image, source = _image_and_source(d, self.image_key, key)
-            prompts = d[key]
-            if not isinstance(prompts, Mapping) or prompts.get("space") != "world":
-                raise PromptError(
-                    f"{source}: PromptsToVoxeld expects the world prompts of PromptsToWorldd under '{key}'"
-                )
-            inverse = torch.linalg.inv(torch.as_tensor(image.affine, dtype=torch.float64))
-            shape = torch.tensor(image.shape[1:], dtype=torch.float32)
-            points = _map(prompts["points"], inverse)
-            corners = _map(prompts["box_corners"], inverse)
-            for name, coords in (("points", points), ("boxes", corners.reshape(-1, 3))):
-                outside = torch.nonzero(((coords < -0.5) | (coords > shape - 0.5)).any(dim=1)).flatten()
-                if len(outside):
-                    j = int(outside[0])
-                    raise PromptError(
-                        f"{source}: {name}[{j if name == 'points' else j // 8}] maps to voxel "
-                        f"{tuple(round(float(c), 2) for c in coords[j])}, outside the transformed image of shape "
-                        f"{tuple(int(s) for s in shape)} (cropped away? check the spatial transforms)"
-                    )
-            upper = shape - 1
-            d[key] = {
-                "points": torch.minimum(points.clamp(min=0), upper),
-                "point_labels": prompts["point_labels"],
-                "boxes": torch.cat([corners.amin(1), corners.amax(1)], dim=1).clamp(min=0).minimum(upper.repeat(2)),
-                "label": prompts.get("label"),
-            }
+            d[key] = _each(d[key], source, partial(self._to_voxel, image=image, key=key))
         return d
+
+    @staticmethod
+    def _to_voxel(prompts: Any, source: str, image: Any, key: Hashable) -> dict[str, Any]:
+        if not isinstance(prompts, Mapping) or prompts.get("space") != "world":
+            raise PromptError(f"{source}: PromptsToVoxeld expects the world prompts of PromptsToWorldd under '{key}'")
+        inverse = torch.linalg.inv(torch.as_tensor(image.affine, dtype=torch.float64))
+        shape = torch.tensor(image.shape[1:], dtype=torch.float32)
+        points = _map(prompts["points"], inverse)
+        corners = _map(prompts["box_corners"], inverse)
+        for name, coords in (("points", points), ("boxes", corners.reshape(-1, 3))):
+            outside = torch.nonzero(((coords < -0.5) | (coords > shape - 0.5)).any(dim=1)).flatten()
+            if len(outside):
+                j = int(outside[0])
+                raise PromptError(
+                    f"{source}: {name}[{j if name == 'points' else j // 8}] maps to voxel "
+                    f"{tuple(round(float(c), 2) for c in coords[j])}, outside the transformed image of shape "
+                    f"{tuple(int(s) for s in shape)} (cropped away? check the spatial transforms)"
+                )
+        upper = shape - 1
+        return {
+            "points": torch.minimum(points.clamp(min=0), upper),
+            "point_labels": prompts["point_labels"],
+            "boxes": torch.cat([corners.amin(1), corners.amax(1)], dim=1).clamp(min=0).minimum(upper.repeat(2)),
+            "label": prompts.get("label"),
+        }
 
 
 def empty_slice_prompts(depth: int, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,6 +254,10 @@ class SlicePromptsd(MapTransform):
         coords_key: output key of the ``(D, P, 2)`` coordinates.
         labels_key: output key of the ``(D, P)`` labels.
         keep_source: keep the prompt dict under its key.
+        structures_key: output key of the list of each structure's ``label`` (None where the file gives none).
+
+    A list of prompt dicts (a file with several structures) gives ``(M, D, P, 2)`` coordinates and ``(M, D, P)``
+    labels, structure ``m`` first.
     """
 
     def __init__(
@@ -255,6 +268,7 @@ class SlicePromptsd(MapTransform):
         coords_key: str = "prompt_coords",
         labels_key: str = "prompt_labels",
         keep_source: bool = False,
+        structures_key: str = "prompt_structures",
     ) -> None:
         super().__init__(keys)
         if len(self.keys) != 1:
@@ -263,15 +277,26 @@ class SlicePromptsd(MapTransform):
             raise ValueError(f"num_points must be >= 0, got {num_points}")
         self.image_key, self.num_points = image_key, num_points
         self.coords_key, self.labels_key, self.keep_source = coords_key, labels_key, keep_source
+        self.structures_key = structures_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         key = self.keys[0]
         image, source = _image_and_source(d, self.image_key, key)
         prompts = d[key] if self.keep_source else d.pop(key)
+        per_structure = _each(prompts, source, partial(self._slices, depth=image.shape[-1], key=key))
+        if isinstance(per_structure, list):  # several structures: (M, D, P, 2) and (M, D, P)
+            d[self.coords_key] = torch.stack([c for c, _ in per_structure])
+            d[self.labels_key] = torch.stack([lab for _, lab in per_structure])
+            d[self.structures_key] = [p.get("label") for p in prompts]
+        else:
+            d[self.coords_key], d[self.labels_key] = per_structure
+            d[self.structures_key] = [prompts.get("label")]
+        return d
+
+    def _slices(self, prompts: Any, source: str, depth: int, key: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(prompts, Mapping) or "boxes" not in prompts or prompts.get("space", "voxel") != "voxel":
             raise PromptError(f"{source}: SlicePromptsd expects voxel prompts (PromptsToVoxeld) under '{key}'")
-        d[self.coords_key], d[self.labels_key] = slice_prompts(
-            prompts["points"], prompts["point_labels"], prompts["boxes"], image.shape[-1], self.num_points, source
+        return slice_prompts(
+            prompts["points"], prompts["point_labels"], prompts["boxes"], depth, self.num_points, source
         )
-        return d

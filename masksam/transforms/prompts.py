@@ -11,7 +11,8 @@ A prompt file is a JSON object, one per image::
       "label": 3                               # optional: the class the prompts point at
     }
 
-At least one of ``points`` and ``boxes`` is given. :func:`read_prompts` checks the file against
+At least one of ``points`` and ``boxes`` is given. A file may also hold a JSON array of such objects, one per
+structure to segment in the image (:func:`read_prompt_file`). :func:`read_prompts` checks a file against
 :data:`PROMPT_SCHEMA` (``jsonschema``) and then against the image: counts agree, box corners are
 ordered, and every coordinate lies inside the image. Each failure raises :class:`PromptError` naming
 the file and the JSON path of the offending value, e.g.
@@ -32,7 +33,15 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-__all__ = ["PROMPT_SCHEMA", "PromptError", "Prompts", "LoadPromptsd", "read_prompts", "validate_prompts"]
+__all__ = [
+    "PROMPT_SCHEMA",
+    "PromptError",
+    "Prompts",
+    "LoadPromptsd",
+    "read_prompt_file",
+    "read_prompts",
+    "validate_prompts",
+]
 
 _NUMBER = {"type": "number"}
 
@@ -165,21 +174,43 @@ def validate_prompts(
     )
 
 
+def _read_json(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise PromptError(f"{path}: prompt file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PromptError(f"{path}: not valid JSON ({e})") from e
+
+
 def read_prompts(
     path: str | os.PathLike,
     spatial_shape: Sequence[int] | None = None,
     affine: np.ndarray | torch.Tensor | None = None,
 ) -> Prompts:
-    """Read and validate a prompt file (see the module docstring); errors name ``path``."""
+    """Read and validate a prompt file of one structure (see the module docstring); errors name ``path``."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise PromptError(f"{path}: prompt file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PromptError(f"{path}: not valid JSON ({e})") from e
-    return validate_prompts(data, spatial_shape, affine, source=path)
+    return validate_prompts(_read_json(path), spatial_shape, affine, source=path)
+
+
+def read_prompt_file(
+    path: str | os.PathLike,
+    spatial_shape: Sequence[int] | None = None,
+    affine: np.ndarray | torch.Tensor | None = None,
+) -> Prompts | list[Prompts]:
+    """Read a prompt file of one structure (an object: :class:`Prompts`) or several (an array: a list of them).
+
+    Raises:
+        PromptError: naming the file and, for an array, the index of the offending structure (``path[2]: ...``).
+    """
+    path = os.fspath(path)
+    data = _read_json(path)
+    if not isinstance(data, list):
+        return validate_prompts(data, spatial_shape, affine, source=path)
+    if not data:
+        raise PromptError(f"{path}: empty: the array holds no structure's prompts")
+    return [validate_prompts(item, spatial_shape, affine, source=f"{path}[{i}]") for i, item in enumerate(data)]
 
 
 class LoadPromptsd(MapTransform):
@@ -187,7 +218,8 @@ class LoadPromptsd(MapTransform):
 
     Runs after the image is loaded (``image_key``, a ``MetaTensor`` with channel first): coordinates are
     checked against its spatial shape, and ``"world"`` prompts are mapped through its affine. The
-    prompts are in the loaded image's voxel grid; spatial transforms that follow must map them.
+    prompts are in the loaded image's voxel grid; spatial transforms that follow must map them. A file (or inline
+    value) with several structures gives a list of prompt dicts, which the prompt-space transforms map one by one.
     """
 
     def __init__(self, keys: KeysCollection, image_key: str = "image", allow_missing_keys: bool = False) -> None:
@@ -201,9 +233,14 @@ class LoadPromptsd(MapTransform):
         shape = image.shape[1:]
         for key in self.key_iterator(d):
             value = d[key]
+            source = f"{getattr(image, 'meta', {}).get('filename_or_obj', self.image_key)} [{key}]"
             if isinstance(value, Mapping):  # prompts given inline in the datalist
-                source = f"{getattr(image, 'meta', {}).get('filename_or_obj', self.image_key)} [{key}]"
                 d[key] = validate_prompts(value, shape, affine, source=source).to_dict()
+            elif isinstance(value, list):  # several structures inline
+                d[key] = [
+                    validate_prompts(v, shape, affine, source=f"{source}[{i}]").to_dict() for i, v in enumerate(value)
+                ]
             else:
-                d[key] = read_prompts(value, spatial_shape=shape, affine=affine).to_dict()
+                loaded = read_prompt_file(value, spatial_shape=shape, affine=affine)
+                d[key] = [p.to_dict() for p in loaded] if isinstance(loaded, list) else loaded.to_dict()
         return d

@@ -158,3 +158,31 @@ def test_slice_prompts_puts_points_on_their_slice_and_boxes_on_every_slice_they_
 def test_slice_prompts_errors(points: Any, labels: Any, boxes: Any, message: str) -> None:
     with pytest.raises(PromptError, match=message):
         slice_prompts(torch.tensor(points), torch.tensor(labels), torch.tensor(boxes), 5, 2, source="case [prompts]")
+
+
+def test_a_file_of_several_structures_gives_stacked_per_slice_prompts(tmp_path: Path) -> None:
+    case = write_case(tmp_path)
+    structures = [
+        {"boxes": [BOX], "label": 1},
+        {"points": [POINTS[1]], "point_labels": [1], "label": 2},
+    ]
+    Path(case["prompts"]).write_text(json.dumps(structures))
+    out = Compose([pipeline(), SlicePromptsd("prompts", num_points=2)])(case)
+    depth = out["image"].shape[-1]
+    assert out["prompt_coords"].shape == (2, depth, 4, 2) and out["prompt_labels"].shape == (2, depth, 4)
+    assert out["prompt_structures"] == [1, 2]
+    box_slices = (out["prompt_labels"][0] == 2).any(1)
+    click_slices = (out["prompt_labels"][1] == 1).any(1)
+    assert box_slices.sum() >= 2 and click_slices.sum() == 1 and not (out["prompt_labels"][1] >= 2).any()
+    for m, value in enumerate((1, 2)):  # each structure's prompts land on its own structure
+        d = int(torch.nonzero((out["prompt_labels"][m] >= 1).any(1))[0])
+        used = out["prompt_labels"][m, d] >= 1  # the click, or the box's two corners: their centre
+        i, j = out["prompt_coords"][m, d][used].mean(0).round().long().tolist()
+        assert out["label"][0, i, j, d] == value
+    structures[1]["points"] = [[99, 0, 0]]
+    Path(case["prompts"]).write_text(json.dumps(structures))
+    with pytest.raises(PromptError, match=re.escape("prompts.json[1]: $.points[0]")):
+        pipeline()(case)
+    Path(case["prompts"]).write_text("[]")
+    with pytest.raises(PromptError, match="empty"):
+        pipeline()(case)
