@@ -26,7 +26,7 @@ file name and the class, so a case gets the same prompts in every run and in any
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -105,16 +105,18 @@ PROMPT_PROTOCOLS: dict[str, ProtocolFn] = {
 
 
 class PromptProtocold(MapTransform):
-    """Apply a named protocol of :data:`PROMPT_PROTOCOLS` to one structure of a label (evaluation).
+    """Apply a named protocol of :data:`PROMPT_PROTOCOLS` to one or several structures of a label (evaluation).
 
     The structure is ``label == class_value`` (or ``label > 0`` for ``class_value=None``); its float32
     ``(1, H, W, D)`` mask goes to ``target_key``, the per-slice prompts to ``coords_key``/``labels_key``, the
     protocol's name to ``protocol_key``. A structure absent from the label gives an all-zero target and no prompt.
+    With a sequence of ``M`` class values, every structure is prompted: targets ``(M, H, W, D)``, prompts
+    ``(M, D, P, 2)`` and ``(M, D, P)`` (what :class:`masksam.inferers.PromptedInferer` takes for several structures).
 
     Args:
         keys: the label key, ``(1, H, W, D)``.
         protocol: a name in :data:`PROMPT_PROTOCOLS`.
-        class_value: the class to prompt for, or ``None`` for a binary label.
+        class_value: the class to prompt for, a sequence of classes, or ``None`` for a binary label.
         seed: the base seed; each case's random state is seeded from it, the label's ``filename_or_obj`` and the class.
         num_points: click slots (``P = num_points + 2``); default the protocol's click count.
         target_key, coords_key, labels_key, protocol_key: output keys.
@@ -124,7 +126,7 @@ class PromptProtocold(MapTransform):
         self,
         keys: KeysCollection = "label",
         protocol: str = "1 click",
-        class_value: int | None = None,
+        class_value: int | Sequence[int] | None = None,
         seed: int = 0,
         num_points: int | None = None,
         target_key: str = "target",
@@ -137,16 +139,25 @@ class PromptProtocold(MapTransform):
             raise ValueError(f"PromptProtocold takes one label key, got {self.keys}")
         if protocol not in PROMPT_PROTOCOLS:
             raise ValueError(f"unknown prompt protocol {protocol!r}; choose one of {sorted(PROMPT_PROTOCOLS)}")
-        if class_value is not None and class_value < 1:
-            raise ValueError(f"class_value must be >= 1 (or None for a binary label), got {class_value}")
+        values = list(class_value) if isinstance(class_value, Sequence) else [class_value]
+        if not values or any(v is not None and v < 1 for v in values) or (None in values and len(values) > 1):
+            raise ValueError(
+                f"class_value must be >= 1, a non-empty list of them, or None (binary label); got {class_value}"
+            )
         self.protocol, self.class_value, self.seed, self.num_points = protocol, class_value, seed, num_points
         self.target_key, self.coords_key, self.labels_key = target_key, coords_key, labels_key
         self.protocol_key = protocol_key
 
-    def case_rng(self, label: Any) -> np.random.RandomState:
+    def case_rng(self, label: Any, class_value: int | None = None) -> np.random.RandomState:
         """The case's random state: from ``seed``, the label's file name and the class."""
         name = str(getattr(label, "meta", {}).get("filename_or_obj", ""))
-        return np.random.RandomState((self.seed + zlib.crc32(f"{name}:{self.class_value}".encode())) % 2**32)
+        value = self.class_value if class_value is None else class_value
+        return np.random.RandomState((self.seed + zlib.crc32(f"{name}:{value}".encode())) % 2**32)
+
+    def _one(self, label: Any, class_value: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mask = label > 0 if class_value is None else label == class_value
+        coords, labels = PROMPT_PROTOCOLS[self.protocol](mask[0], self.case_rng(label, class_value), self.num_points)
+        return mask.float(), coords, labels
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -154,8 +165,12 @@ class PromptProtocold(MapTransform):
         label = d[key]
         if label.ndim != 4 or label.shape[0] != 1:
             raise ValueError(f"PromptProtocold: '{key}' must be (1, H, W, D), got shape {tuple(label.shape)}")
-        mask = label > 0 if self.class_value is None else label == self.class_value
-        coords, labels = PROMPT_PROTOCOLS[self.protocol](mask[0], self.case_rng(label), self.num_points)
-        d[self.target_key] = mask.float()
+        if isinstance(self.class_value, Sequence):
+            parts = [self._one(label, int(v)) for v in self.class_value]
+            target = torch.cat([t for t, _, _ in parts])
+            coords, labels = torch.stack([c for _, c, _ in parts]), torch.stack([lab for _, _, lab in parts])
+        else:
+            target, coords, labels = self._one(label, self.class_value)
+        d[self.target_key] = target
         d[self.coords_key], d[self.labels_key], d[self.protocol_key] = coords, labels, self.protocol
         return d

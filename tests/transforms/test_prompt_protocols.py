@@ -93,3 +93,17 @@ def test_binary_label_padding_and_errors() -> None:
         PromptProtocold("label", "box", class_value=0)
     with pytest.raises(ValueError, match=r"'label' must be \(1, H, W, D\)"):
         PromptProtocold("label", "box")({"label": make_label()[0]})
+
+
+def test_several_classes_are_stacked_as_structures() -> None:
+    label = make_label()
+    both = PromptProtocold("label", "3 clicks", class_value=[3, 2, 1], seed=7)({"label": label})
+    assert both["prompt_coords"].shape == (3, 7, 5, 2) and both["prompt_labels"].shape == (3, 7, 5)
+    assert torch.equal(both["target"], torch.cat([(label == v).float() for v in (3, 2, 1)]))
+    for m, value in enumerate((3, 2, 1)):  # each structure exactly as prompted alone
+        alone = PromptProtocold("label", "3 clicks", class_value=value, seed=7)({"label": label})
+        assert torch.equal(both["prompt_coords"][m], alone["prompt_coords"])
+        assert torch.equal(both["prompt_labels"][m], alone["prompt_labels"])
+    assert (both["prompt_labels"][1] == -1).all()  # class 2 is absent: no prompt
+    with pytest.raises(ValueError, match="class_value must be"):
+        PromptProtocold("label", "box", class_value=[])
