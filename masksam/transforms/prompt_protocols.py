@@ -142,7 +142,7 @@ class PromptProtocold(MapTransform):
         values = list(class_value) if isinstance(class_value, Sequence) else [class_value]
         if not values or any(v is not None and v < 1 for v in values) or (None in values and len(values) > 1):
             raise ValueError(
-                f"class_value must be >= 1, a non-empty list of them, or None (binary label); got {class_value}"
+                f"class_value must be >= 1 (or a non-empty list of such, or None for a binary label), got {class_value}"
             )
         self.protocol, self.class_value, self.seed, self.num_points = protocol, class_value, seed, num_points
         self.target_key, self.coords_key, self.labels_key = target_key, coords_key, labels_key
