@@ -29,7 +29,7 @@ from masksam.data.colin27 import (
     fetch_mricron_templates,
     relabel_aal,
 )
-from masksam.data.datalist import inference_items, read_datalist, split_items
+from masksam.data.datalist import inference_items, prompt_path, prompted_items, read_datalist, split_items
 from masksam.data.pyradiomics_cases import PYRADIOMICS_REQUIREMENT, fetch_pyradiomics_data, list_cases, load_case
 from masksam.data.synthetic import make_synthetic_dataset
 
@@ -47,6 +47,8 @@ __all__ = [
     "fetch_mricron_templates",
     "fetch_pyradiomics_data",
     "inference_items",
+    "prompt_path",
+    "prompted_items",
     "make_synthetic_dataset",
     "read_datalist",
     "split_items",

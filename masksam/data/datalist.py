@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["read_datalist", "split_items", "inference_items"]
+__all__ = ["read_datalist", "split_items", "inference_items", "prompted_items", "prompt_path"]
 
 _IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.mhd")
 
@@ -106,3 +106,45 @@ def inference_items(
     if not files:
         raise ValueError(f"no images ({', '.join(_IMAGE_PATTERNS)}) found in {dataset_dir!r}")
     return [{"image": f} for f in files]
+
+
+def prompt_path(image: str | os.PathLike[str], suffix: str = ".json") -> str:
+    """The prompt file beside an image: its name without the image extension, plus ``suffix``
+    (``/data/case_007.nii.gz`` -> ``/data/case_007.json``)."""
+    image = os.fspath(image)
+    for ext in sorted((p[1:] for p in _IMAGE_PATTERNS), key=len, reverse=True):
+        if image.endswith(ext):
+            return image[: -len(ext)] + suffix
+    return os.path.splitext(image)[0] + suffix
+
+
+def prompted_items(
+    dataset_dir: str | os.PathLike[str],
+    datalist: str | os.PathLike[str] | None = None,
+    key: str = "testing",
+    suffix: str = ".json",
+) -> list[dict[str, Any]]:
+    """Images to segment with their prompts: :func:`inference_items`, each with a ``prompts`` entry.
+
+    An item of the datalist may name its prompt file (``"prompts": "case_007.json"``, relative to ``dataset_dir``) or
+    hold the prompts inline; otherwise the file beside the image is used (:func:`prompt_path`).
+
+    Raises:
+        FileNotFoundError: naming every image whose prompt file is missing (up to 5) and the file looked for.
+    """
+    items = []
+    for item in inference_items(dataset_dir, datalist, key):
+        prompts = item.get("prompts", prompt_path(item["image"], suffix))
+        if isinstance(prompts, str) and not os.path.isabs(prompts):
+            prompts = os.path.join(os.fspath(dataset_dir), prompts)
+        items.append({**item, "prompts": prompts})
+    missing = [
+        (i["image"], i["prompts"]) for i in items if isinstance(i["prompts"], str) and not os.path.isfile(i["prompts"])
+    ]
+    if missing:
+        listed = "; ".join(f"{image} -> {path}" for image, path in missing[:5])
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(items)} images have no prompt file (a JSON file beside the image, or a 'prompts' "
+            f"entry in the datalist): {listed}"
+        )
+    return items

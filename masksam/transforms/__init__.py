@@ -39,6 +39,7 @@ from masksam.transforms.prompts import (
     read_prompts,
     validate_prompts,
 )
+from masksam.transforms.structures import SaveStructuresd
 from masksam.transforms.validation import CheckedLoadImaged, ValidateInputd
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "PromptsToVoxeld",
     "PromptsToWorldd",
     "RandPromptsd",
+    "SaveStructuresd",
     "SlicePromptsd",
     "ValidateInputd",
     "Volume",

@@ -22,6 +22,8 @@ from monai.transforms import (
     Spacingd,
 )
 
+from masksam.transforms.prompt_space import PromptsToWorldd
+from masksam.transforms.prompts import LoadPromptsd
 from masksam.transforms.validation import CheckedLoadImaged, ValidateInputd
 
 __all__ = ["INTENSITY_PRESETS", "intensity_transform", "load_transforms"]
@@ -70,6 +72,7 @@ def load_transforms(
     num_classes: int | None = None,
     in_channels: int | None = None,
     max_anisotropy: float | None = 10.0,
+    prompt_key: str | None = None,
 ) -> list[MapTransform]:
     """Load, validate, orient to RAS, resample to ``spacing`` and normalise the intensities.
 
@@ -82,10 +85,15 @@ def load_transforms(
         num_classes: K, background included (labels must lie in ``0..K-1``).
         in_channels: image channels expected.
         max_anisotropy: warn above this ratio of largest to smallest voxel spacing.
+        prompt_key: key of a prompt file (or inline prompts) of the image: loaded and validated against the loaded
+            image (:class:`~masksam.transforms.LoadPromptsd`) and carried in world coordinates
+            (:class:`~masksam.transforms.PromptsToWorldd`) through the spatial transforms; a prompted pipeline maps
+            them to its model space with :class:`~masksam.transforms.PromptsToVoxeld` at the end.
 
     Returns:
         the transforms, in order: :class:`CheckedLoadImaged` (read errors name file and key),
-        :class:`ValidateInputd` (shapes, affines, label values, NaN), ``EnsureTyped`` (float32),
+        :class:`ValidateInputd` (shapes, affines, label values, NaN), the prompt transforms (with ``prompt_key``),
+        ``EnsureTyped`` (float32),
         ``Orientationd`` (RAS), ``Spacingd`` (bilinear for images, nearest for the label; unless ``spacing``
         is None), the intensity preset.
     """
@@ -103,6 +111,11 @@ def load_transforms(
             num_classes=num_classes,
             in_channels=in_channels,
             max_anisotropy=max_anisotropy,
+        ),
+        *(
+            [LoadPromptsd(prompt_key, image_key=images[0]), PromptsToWorldd(prompt_key, image_key=images[0])]
+            if prompt_key
+            else []
         ),
         EnsureTyped(keys, dtype=torch.float32),
         Orientationd(keys, axcodes="RAS"),

@@ -119,7 +119,8 @@ class PromptProtocold(MapTransform):
         class_value: the class to prompt for, a sequence of classes, or ``None`` for a binary label.
         seed: the base seed; each case's random state is seeded from it, the label's ``filename_or_obj`` and the class.
         num_points: click slots (``P = num_points + 2``); default the protocol's click count.
-        target_key, coords_key, labels_key, protocol_key: output keys.
+        target_key, coords_key, labels_key, protocol_key: output keys (``target_key=None``: the masks are not kept;
+            evaluation scores against the label itself).
     """
 
     def __init__(
@@ -129,7 +130,7 @@ class PromptProtocold(MapTransform):
         class_value: int | Sequence[int] | None = None,
         seed: int = 0,
         num_points: int | None = None,
-        target_key: str = "target",
+        target_key: str | None = "target",
         coords_key: str = "prompt_coords",
         labels_key: str = "prompt_labels",
         protocol_key: str = "prompt_protocol",
@@ -171,6 +172,7 @@ class PromptProtocold(MapTransform):
             coords, labels = torch.stack([c for _, c, _ in parts]), torch.stack([lab for _, _, lab in parts])
         else:
             target, coords, labels = self._one(label, self.class_value)
-        d[self.target_key] = target
+        if self.target_key is not None:
+            d[self.target_key] = target
         d[self.coords_key], d[self.labels_key], d[self.protocol_key] = coords, labels, self.protocol
         return d

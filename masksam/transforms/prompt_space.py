@@ -254,7 +254,8 @@ class SlicePromptsd(MapTransform):
         coords_key: output key of the ``(D, P, 2)`` coordinates.
         labels_key: output key of the ``(D, P)`` labels.
         keep_source: keep the prompt dict under its key.
-        structures_key: output key of the list of each structure's ``label`` (None where the file gives none).
+        structures_key: output key of the list of each structure's ``label`` (its 1-based index where the file gives
+            none): the value its label map carries.
 
     A list of prompt dicts (a file with several structures) gives ``(M, D, P, 2)`` coordinates and ``(M, D, P)``
     labels, structure ``m`` first.
@@ -288,10 +289,10 @@ class SlicePromptsd(MapTransform):
         if isinstance(per_structure, list):  # several structures: (M, D, P, 2) and (M, D, P)
             d[self.coords_key] = torch.stack([c for c, _ in per_structure])
             d[self.labels_key] = torch.stack([lab for _, lab in per_structure])
-            d[self.structures_key] = [p.get("label") for p in prompts]
+            d[self.structures_key] = [p.get("label") or m + 1 for m, p in enumerate(prompts)]
         else:
             d[self.coords_key], d[self.labels_key] = per_structure
-            d[self.structures_key] = [prompts.get("label")]
+            d[self.structures_key] = [prompts.get("label") or 1]
         return d
 
     def _slices(self, prompts: Any, source: str, depth: int, key: Hashable) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,6 +63,33 @@ MA_SAM_TINY_META = {
 }
 
 
+#: Tiny Med-SA: 32x32 slices, stacks of 2, 8-wide decoder adapters.
+MED_SA_TINY_MODEL = [
+    "--backbone", "tiny", "--patch_size", "32", "--num_slices", "2", "--decoder_adapter_dim", "8",
+    "--hyper_hidden_dim", "8", "--spacing", "[1.0,1.0,2.0]",
+]  # fmt: skip
+MED_SA_TINY_TRAIN = MED_SA_TINY_MODEL + [
+    "--num_classes", "3", "--cache_rate", "0", "--num_workers", "0", "--num_samples", "1", "--val_interval", "1",
+    "--progress_bar", "False",
+]  # fmt: skip
+MED_SA_TINY_OVERRIDES = {
+    "backbone": "tiny", "patch_size": 32, "num_slices": 2, "decoder_adapter_dim": 8, "hyper_hidden_dim": 8,
+    "spacing": [1.0, 1.0, 2.0],
+}  # fmt: skip
+MED_SA_TINY_TRAIN_OVERRIDES = {
+    **MED_SA_TINY_OVERRIDES, "num_classes": 3, "cache_rate": 0.0, "num_workers": 0, "num_samples": 1,
+    "val_interval": 1, "progress_bar": False,
+}  # fmt: skip
+MED_SA_TINY_META = {
+    "inputs.image": {"spatial_shape": [32, 32, 2]},
+    "outputs.pred": {"spatial_shape": [32, 32, 2]},
+}
+
+#: Prompts written beside each synthetic test image (the prompted bundles' inference input): a 3D box of class 1 of
+#: the synthetic label, and one click (voxel coordinates of the loaded image; world coordinates are tested apart).
+SYNTHETIC_PROMPTS = [{"boxes": [[4, 4, 1, 30, 28, 10]], "label": 1}, {"points": [[20, 18, 6]], "point_labels": [1]}]
+
+
 @dataclass(frozen=True)
 class TinyBundle:
     """A bundle's tiny settings: command-line overrides (model; training) and the same as typed values."""
@@ -85,6 +112,14 @@ TINY_BUNDLES = {
         MA_SAM_TINY_TRAIN_OVERRIDES,
         MA_SAM_TINY_META,
         "build_ma_sam",
+    ),
+    "med_sa": TinyBundle(
+        MED_SA_TINY_MODEL,
+        MED_SA_TINY_TRAIN,
+        MED_SA_TINY_OVERRIDES,
+        MED_SA_TINY_TRAIN_OVERRIDES,
+        MED_SA_TINY_META,
+        "build_med_sa",
     ),
 }
 
@@ -155,4 +190,6 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("synthetic")
     make_synthetic_dataset(root, num_cases=4, shape=(40, 36, 12), num_classes=3, num_folds=2, num_test=1)
+    for image in (root / "imagesTs").glob("*.nii.gz"):
+        image.with_name(image.name.replace(".nii.gz", ".json")).write_text(json.dumps(SYNTHETIC_PROMPTS))
     return root

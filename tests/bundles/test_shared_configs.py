@@ -31,6 +31,14 @@ METHOD_KEYS = {
         "fact_rank", "fact_dropout", "adapter_dim", "flip_prob", "rotate_prob", "intensity_prob", "augment_ops",
         "slice_stride",
         "warmup_iterations", "lr_power",
+        # Med-SA (prompted: prompts simulated in training, a named protocol in validation, extra batch keys)
+        "adapter_ratio", "depth_attention", "hyper_hidden_dim", "train_decoder", "num_points", "num_positive",
+        "num_negative", "box_prob", "box_noise_fraction", "box_noise_max", "correction_clicks", "prompt_protocol",
+        "prompt_seed", "val_num_points", "lr_step_epochs", "lr_gamma", "model_space_transforms",
+        "pos_neg_ratio", "train#stack_transforms", "train#inferer", "train#prepare_batch", "train#trainer",
+        "validate#preprocessing", "validate#prompt_transforms", "validate#prepare_batch", "validate#evaluator",
+        # the per-case CSV rows of evaluate.yaml (the prompted bundles add the protocol)
+        "metrics_batch_transform",
     },
     "inference.yaml": {
         "dataset_dir", "backbone", "num_classes", "patch_size", "num_slices", "roi_size", "spacing", "ct_window",
@@ -38,6 +46,10 @@ METHOD_KEYS = {
         "num_queries", "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels",
         "query_chunk_size",
         "fact_rank", "fact_dropout", "adapter_dim", "slice_stride",
+        # Med-SA: prompts from a file beside each image, one label map per structure
+        "adapter_ratio", "depth_attention", "hyper_hidden_dim", "train_decoder", "num_points", "modality",
+        "in_channels", "preprocessing", "load_transforms", "model_space_transforms", "dataset", "prepare_batch",
+        "postprocessing", "evaluator", "save_probabilities",
     },
 }  # fmt: skip
 
