@@ -20,7 +20,15 @@ from masksam.networks.masksam import (
     Stem3D,
     build_masksam,
 )
-from masksam.networks.med_sa import NO_PROMPT_LOGIT, MedSA, PromptedMaskDecoder, build_med_sa, embed_sparse_prompts
+from masksam.networks.med_sa import (
+    NO_PROMPT_LOGIT,
+    MedSA,
+    PromptedMaskDecoder,
+    PromptedSliceNetwork,
+    build_med_sa,
+    embed_sparse_prompts,
+    prompted_slice_inputs,
+)
 from masksam.networks.prompt_generator import PromptGenerator3D, conv_block, learned_box
 from masksam.networks.settings import (
     EXTRA_STATE_SUFFIX,
@@ -32,6 +40,8 @@ from masksam.networks.settings import (
 
 __all__ = [
     "embed_sparse_prompts",
+    "prompted_slice_inputs",
+    "PromptedSliceNetwork",
     "build_med_sa",
     "PromptedMaskDecoder",
     "MedSA",
