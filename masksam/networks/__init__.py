@@ -4,7 +4,7 @@
 Shared: :mod:`~masksam.networks.mask_decoder` (SAM's two-way decoder with adapter slots) and
 :mod:`~masksam.networks.settings` (build settings that travel with the weights). Per method:
 :mod:`~masksam.networks.masksam` with its :mod:`~masksam.networks.prompt_generator`;
-:mod:`~masksam.networks.ma_sam`; :mod:`~masksam.networks.med_sa`.
+:mod:`~masksam.networks.ma_sam`; :mod:`~masksam.networks.med_sa`; :mod:`~masksam.networks.sam_unet`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,16 @@ from masksam.networks.med_sa import (
     prompted_slice_inputs,
 )
 from masksam.networks.prompt_generator import PromptGenerator3D, conv_block, learned_box
+from masksam.networks.sam_unet import (
+    CNN_BRANCHES,
+    FUSED_FOLD,
+    Reshaper,
+    ResNetBranch,
+    SamUNet,
+    SamUNetDecoder,
+    build_sam_unet,
+    fusion_bridge,
+)
 from masksam.networks.settings import (
     EXTRA_STATE_SUFFIX,
     RecordsBuildSettings,
@@ -39,6 +49,14 @@ from masksam.networks.settings import (
 )
 
 __all__ = [
+    "CNN_BRANCHES",
+    "FUSED_FOLD",
+    "ResNetBranch",
+    "Reshaper",
+    "SamUNet",
+    "SamUNetDecoder",
+    "build_sam_unet",
+    "fusion_bridge",
     "embed_sparse_prompts",
     "prompted_slice_inputs",
     "PromptedSliceNetwork",
