@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from monai.losses import DiceFocalLoss
 from torch import nn
@@ -46,6 +47,12 @@ def box_prompts(boxes: torch.Tensor, num_points: int = 3) -> tuple[torch.Tensor,
     return coords, labels
 
 
+def bridged_injected(model: SamUNet, slices: torch.Tensor, grids: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each bridge's output on the injected encoder's features: levels 0..2, then the neck."""
+    features = model.encoder(slices, model.num_slices, grids)
+    return [b(f) for b, f in zip(model.bridges, [*features[:-2], features[-1]], strict=True)]
+
+
 @pytest.mark.parametrize(("backbone", "cnn"), CONFIGS)
 def test_injection_points_and_fusion_shapes(backbone: str, cnn: str) -> None:
     """Stage k of the ResNet, reshaped, has the shape of the encoder's feature level k and enters there (levels
@@ -70,7 +77,14 @@ def test_injection_points_and_fusion_shapes(backbone: str, cnn: str) -> None:
         packed = model.encode(x)
         assert packed.shape == (2, model.embedding_channels + 16 * width, h, h)
         coords, labels = box_prompts(torch.tensor([[8.0, 10.0, 40.0, 50.0]] * 2))
-        assert model.decode(packed, coords, labels).shape == (2, 1, 4 * h, 4 * h)
+        c = model.embedding_channels
+        torch.testing.assert_close(packed[:, :c], model.encoder(slices, 2, grids)[-1])
+        torch.testing.assert_close(F.pixel_shuffle(packed[:, c:], 4), sum(bridged_injected(model, slices, grids)))
+        masks = model.decode(packed, coords, labels)
+        assert masks.shape == (2, 1, 4 * h, 4 * h)
+        without_fusion = packed.clone()
+        without_fusion[:, c:] = 0
+        assert not torch.allclose(model.decode(without_fusion, coords, labels), masks, atol=1e-4), "fusion unused"
         assert model(x, coords[None], labels[None]).shape == (1, 1, SIZE, SIZE, 2)
 
 
@@ -123,34 +137,33 @@ def test_everything_but_the_image_encoder_trains_and_gradients_reach_the_branch(
     assert all(p.grad is None for p in model.encoder.parameters())
 
 
-def squares(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``n`` single slices with a bright rectangle each, its mask and its box ``(n, 4)``."""
+def rectangles(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` single ``size x size`` slices with a bright rectangle each, its mask and its box ``(n, 4)``."""
     gen = torch.Generator().manual_seed(seed)
-    x = 0.1 * torch.rand(n, 1, SIZE, SIZE, 1, generator=gen)
-    target = torch.zeros(n, 1, SIZE, SIZE, 1)
+    x = 0.1 * torch.rand(n, 1, size, size, 1, generator=gen)
+    target = torch.zeros(n, 1, size, size, 1)
     boxes = torch.zeros(n, 4)
     for i in range(n):
-        i0, j0 = torch.randint(4, 30, (2,), generator=gen).tolist()
-        i1, j1 = (
-            i0 + torch.randint(12, 30, (1,), generator=gen).item(),
-            j0 + torch.randint(12, 30, (1,), generator=gen).item(),
-        )
-        x[i, :, i0:i1, j0:j1] += 0.8
-        target[i, :, i0:i1, j0:j1] = 1
-        boxes[i] = torch.tensor([i0, j0, i1 - 1, j1 - 1], dtype=torch.float32)
+        i0, j0 = torch.randint(2, size // 2, (2,), generator=gen).tolist()
+        di, dj = torch.randint(size // 4, size // 2, (2,), generator=gen).tolist()
+        x[i, :, i0 : i0 + di, j0 : j0 + dj] += 0.8
+        target[i, :, i0 : i0 + di, j0 : j0 + dj] = 1
+        boxes[i] = torch.tensor([i0, j0, i0 + di - 1, j0 + dj - 1], dtype=torch.float32)
     return x, target, boxes
 
 
 def test_a_tiny_sam_unet_overfits_synthetic_slices() -> None:
-    """Box-prompted rectangles, the paper's loss (focal + 20 x Dice through MONAI's DiceFocalLoss)."""
-    model = tiny_sam_unet()
-    x, target, boxes = squares(4)
+    """Box-prompted rectangles on 32x32 slices, the paper's loss (focal + 20 x Dice through MONAI's
+    DiceFocalLoss), 25 Adam steps: the loss falls below a fifth and the masks reach Dice 0.9."""
+    torch.manual_seed(0)
+    model = build_sam_unet("tiny", image_size=32)
+    x, target, boxes = rectangles(2, 32)
     coords, labels = box_prompts(boxes)
     coords, labels = coords[:, None], labels[:, None]  # (B, D=1, P, 2), (B, 1, P)
     loss_fn = DiceFocalLoss(sigmoid=True, gamma=2.0, alpha=0.25, lambda_focal=1.0, lambda_dice=20.0)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
-    for _ in range(30):
+    for _ in range(25):
         loss = loss_fn(model(x, coords, labels), target)
         opt.zero_grad()
         loss.backward()
@@ -160,7 +173,7 @@ def test_a_tiny_sam_unet_overfits_synthetic_slices() -> None:
     with torch.no_grad():
         pred = model(x, coords, labels) > 0
     dice = 2 * (pred * target).sum() / (pred.sum() + target.sum())
-    assert losses[-1] < 0.3 * losses[0] and dice > 0.8, (losses, float(dice))
+    assert losses[-1] < 0.2 * losses[0] and dice > 0.9, (losses, float(dice))
 
 
 def test_the_prompted_predictor_runs_it_slice_by_slice() -> None:
