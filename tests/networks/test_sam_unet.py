@@ -223,3 +223,29 @@ def test_cnn_weights_load_from_a_torchvision_file(tmp_path: Path) -> None:
     torch.testing.assert_close(model.cnn.bn1.running_var, resnet.bn1.running_var)
     with pytest.raises(CheckpointError, match=r"resnet34.pth' is not a torchvision resnet50 state dict"):
         build_sam_unet("tiny", image_size=SIZE, cnn="resnet50", cnn_checkpoint=path)
+
+
+def test_gradient_checkpointing_saves_fewer_activations_and_keeps_the_gradients() -> None:
+    x = torch.rand(2, 1, 32, 32, 1)
+    coords, labels = box_prompts(torch.tensor([[4.0, 6.0, 20.0, 24.0]] * 2))
+    coords, labels = coords[:, None], labels[:, None]
+    saved, grads = {}, {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = build_sam_unet("tiny", image_size=32, gradient_checkpointing=flag)
+        sizes: list[int] = []
+
+        def pack(t: torch.Tensor, sizes: list[int] = sizes) -> torch.Tensor:
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(x, coords, labels).square().mean()
+        loss.backward()
+        saved[flag] = sum(sizes)
+        grads[flag] = [p.grad for p in model.decoder.transformer.parameters()] + [
+            model.reshapers[0].project.weight.grad
+        ]
+    assert saved[True] < saved[False]
+    for a, b in zip(grads[True], grads[False], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
