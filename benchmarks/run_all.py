@@ -22,7 +22,7 @@ from typing import Any
 
 from common import machine
 
-SCRIPTS = ("attention", "inference_per_slice", "train_step", "sliding_window", "ma_sam", "med_sa")
+SCRIPTS = ("attention", "inference_per_slice", "train_step", "sliding_window", "ma_sam", "med_sa", "sam_unet")
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Arguments of a script besides its defaults, to keep the whole run within its budget.
 ARGS = {"ma_sam": ["--rounds", "1", "--volume-slices", "10"]}
@@ -149,6 +149,20 @@ def summary(results: dict[str, dict[str, Any] | None]) -> list[tuple[str, str, s
                 "<= 5%",
             )
         )
+    su = results.get("sam_unet")
+    if su:
+        c = su["config"]
+        for cnn, r in su["rows"].items():
+            t = r["time_s"]
+            rows.append(
+                (
+                    f"SAM-UNet per slice {c['backbone']} + {cnn} {c['size']}x{c['size']} vs our encoder",
+                    f"{t['sam_unet']:.3f}s vs {t['plain_encoder']:.3f}s = {r['ratio_vs_plain_encoder']:.2f}x "
+                    f"(FLOPs {r['flop_ratio_vs_plain_encoder']:.2f}x); {r['parameters']['total'] / 1e6:.1f}M "
+                    f"parameters, {r['parameters']['trainable'] / 1e6:.1f}M trainable",
+                    "<= 1.5x" if cnn == "resnet34" else "-",
+                )
+            )
     for name, res in results.items():
         if res is None:
             rows.append((name, "FAILED", "-"))

@@ -1,9 +1,12 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
-"""Print total vs trainable parameters of SAM encoders with each adapter family, of MaskSAM and of MA-SAM.
+"""Print total vs trainable parameters of SAM encoders with each adapter family, of MaskSAM, MA-SAM and SAM-UNet.
 
 MA-SAM (ViT-B and ViT-H, 512x512x5, r=32, 12 organs + background) is counted per part and reconciled
 with the research code's counts (``/work/shared/METHODS.md`` 2e: 117.4 M total / 30.1 M trainable for
 ViT-B, 729.9 M / 96.8 M for ViT-H): the differences are computed, not assumed.
+
+SAM-UNet (ViT-B at 256x256 with ResNet-34 and ResNet-50) is counted per part and reconciled likewise with the
+research code's counts (METHODS.md 3e: R50 138.4 M total / 51.76 M trainable, R34 116.0 M / 29.3 M).
 
 Models are built on PyTorch's ``meta`` device (shapes only), so ViT-H costs no memory:
     python scripts/count_parameters.py
@@ -29,7 +32,7 @@ from masksam.adapters import (
     med_sa_block_adapters,
 )
 from masksam.backbones import SAM_PRESETS, build_encoder3d, build_sam
-from masksam.networks import MASAM, build_ma_sam, build_masksam
+from masksam.networks import MASAM, SamUNet, build_ma_sam, build_masksam, build_sam_unet
 
 FAMILIES = {
     "masksam depth-conv (hidden C/4, research code)": lambda: masksam_block_adapters(),
@@ -42,6 +45,8 @@ FAMILIES = {
 #: The research code's counts (cchen-cc/MA-SAM at 0c3cd90, 512x512, r=32, 12 organs + background), M parameters.
 MA_SAM_RESEARCH_CODE = {"vit_b": (117.4, 30.1), "vit_h": (729.9, 96.8)}
 MA_SAM_CLASSES = 13
+#: The research code's counts (Hhankyangg/sam-unet at a0b84c5, ViT-B at 256x256), M parameters: total, trainable.
+SAM_UNET_RESEARCH_CODE = {"resnet50": (138.4, 51.76), "resnet34": (116.0, 29.3)}
 
 
 def _count(params: Iterable[nn.Parameter]) -> tuple[int, int]:
@@ -125,6 +130,46 @@ def ma_sam_report(backbone: str) -> None:
     )  # fmt: skip
 
 
+def sam_unet_parts(model: SamUNet) -> list[tuple[str, tuple[int, int]]]:
+    """``(part, (total, trainable))`` rows that add up to the whole SAM-UNet network."""
+    dec = model.decoder
+    return [
+        ("SAM image encoder, neck included (frozen)", _count(model.encoder.parameters())),
+        (f"{model.cnn.name} branch (no head)", _count(model.cnn.parameters())),
+        ("reshapers (4)", _count(model.reshapers.parameters())),
+        ("fusion bridges of levels 0-2", _count(_params(model.bridges[:-1]))),
+        ("fusion bridge of the neck", _count(model.bridges[-1].parameters())),
+        ("prompt encoder", _count(model.prompt_encoder.parameters())),
+        ("decoder: two-way transformer", _count(dec.transformer.parameters())),
+        ("decoder: SAM's up-scaling", _count(dec.output_upscaling.parameters())),
+        ("decoder: output token + hypernetwork MLP", _count(_params([dec.output_token, dec.hypernetwork]))),
+        ("decoder: refinement", _count(dec.refine.parameters())),
+    ]
+
+
+def sam_unet_report(cnn: str) -> None:
+    model = build_sam_unet("vit_b", image_size=256, cnn=cnn)
+    parts = sam_unet_parts(model)
+    total, trainable = count_parameters(model)
+    assert sum(t for _, (t, _) in parts) == total and sum(r for _, (_, r) in parts) == trainable, "parts add up"
+    width = max(len(name) for name, _ in parts)
+    print(f"\n{f'SAM-UNet vit_b 256x256 + {cnn}':<{width + 2}}  {'total':>11}  {'trainable':>11}")
+    for name, (t, r) in parts:
+        print(f"  {name:<{width}}  {t:>11,}  {r:>11,}")
+    print(
+        f"  {'SAM-UNet (ours)':<{width}}  {total:>11,}  {trainable:>11,}  = {total / 1e6:.2f}M / {trainable / 1e6:.2f}M"
+    )
+    ref_total, ref_trainable = SAM_UNET_RESEARCH_CODE[cnn]
+    digits = len(str(ref_trainable).split(".")[1])  # compare to the precision the research figure is given at
+    agree = (round(total / 1e6, 1), round(trainable / 1e6, digits)) == (ref_total, ref_trainable)
+    print(
+        f"  research code: {ref_total}M / {ref_trainable}M (METHODS.md 3e): "
+        + ("agree, part for part: the same ResNet, reshapers, bridges, decoder pieces (SAM's transformer and "
+           "up-scaling, one token, hypernetwork, refinement) and trainable prompt encoder; the zero-initialised "
+           "reshaper projections change no count" if agree else "DO NOT AGREE")
+    )  # fmt: skip
+
+
 def main() -> None:
     rows = []
     with torch.device("meta"):
@@ -148,6 +193,8 @@ def main() -> None:
     with torch.device("meta"):
         for backbone in MA_SAM_RESEARCH_CODE:
             ma_sam_report(backbone)
+        for cnn in SAM_UNET_RESEARCH_CODE:
+            sam_unet_report(cnn)
 
 
 if __name__ == "__main__":

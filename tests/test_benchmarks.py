@@ -179,3 +179,21 @@ def test_med_sa_benchmark_times_each_prompt_after_the_first() -> None:
     )
     rows = import_benchmark("run_all").summary({"med_sa": result})
     assert rows[0][0].startswith("Med-SA next prompt tiny 64x64x4") and rows[0][2] == "<= 5%"
+
+
+def test_sam_unet_benchmark_prints_each_part_beside_its_flops() -> None:
+    """Per-slice SAM-UNet against our encoder on the same slice, for ResNet-34 and -50: parts with their FLOPs."""
+    result, out = run_with_output("sam_unet.py", "--backbone", "tiny", "--size", "64", "--rounds", "1", "--warmup", "0")
+    assert set(result["rows"]) == {"resnet34", "resnet50"}
+    assert re.search(rf"resnet34, one 64x64 slice .* ratio {NUMBER} \(target <= 1.5\).*flop ratio {NUMBER}", out), out
+    sam_unet = import_benchmark("sam_unet")
+    for label, _ in (*sam_unet.ROWS, ("total", None), ("our plain encoder (baseline)", None)):
+        assert len(re.findall(rf"^  {re.escape(label)} +{NUMBER} +{NUMBER}% +{NUMBER} ", out, re.M)) == 2, label
+    for row in result["rows"].values():
+        assert sum(row["parts_s"].values()) == pytest.approx(row["time_s"]["sam_unet"], abs=1e-3), "parts add up"
+        assert sum(row["parts_gflops"].values()) == pytest.approx(row["gflops"]["sam_unet"], abs=2e-3)
+        assert row["parts_gflops"]["ResNet branch"] > 0 and row["parts_gflops"]["reshapers (to the token grids)"] > 0
+    r34, r50 = result["rows"]["resnet34"], result["rows"]["resnet50"]
+    assert r50["parameters"]["trainable"] > r34["parameters"]["trainable"] > 0
+    rows = import_benchmark("run_all").summary({"sam_unet": result})
+    assert [r[2] for r in rows] == ["<= 1.5x", "-"] and rows[0][0].startswith("SAM-UNet per slice tiny + resnet34")

@@ -11,6 +11,12 @@ Layout: inputs ``(B*D, 3, S, S)`` with the D slices of a stack consecutive (``n 
 block, tokens are channels-last grids ``(B*D, h, w, C)``, never window-partitioned where a slice-aware
 adapter sees them (only the per-token ``qkv`` update runs inside the windowed attention); returned features
 are channels-first ``(B*D, C, h, w)``.
+
+Injection: both families take ``forward(x, num_slices, injections=None)`` with one optional channels-last grid
+per returned feature level (``injections[k]`` has the shape of feature ``k``, channels last), added to the token
+grid where that level is formed: in a ViT before the block ``out_indices[k]`` runs (SAM's global-attention
+blocks by default), in TinyViT to the output of stage ``out_indices[k]`` (which the next stage receives). A
+parallel branch (SAM-UNet's CNN) feeds the frozen encoder this way; without injections nothing changes.
 """
 
 from __future__ import annotations
@@ -223,6 +229,28 @@ def _check_out_indices(out_indices: Sequence[int], count: int, what: str) -> tup
     return tuple(out_indices)
 
 
+def _check_injections(
+    injections: Sequence[torch.Tensor | None] | None,
+    shapes: Sequence[tuple[int, int, int]],
+    batch: int,
+) -> list[torch.Tensor | None]:
+    """One optional ``(N, h_k, w_k, C_k)`` grid per feature level (``shapes``: the ``(h_k, w_k, C_k)`` of level k)."""
+    if injections is None:
+        return [None] * len(shapes)
+    if len(injections) != len(shapes):
+        raise ValueError(
+            f"got {len(injections)} injections for an encoder with {len(shapes)} feature levels (one per out_indices "
+            "entry; None for a level without one)"
+        )
+    for k, (grid, shape) in enumerate(zip(injections, shapes, strict=True)):
+        if grid is not None and tuple(grid.shape) != (batch, *shape):
+            raise ValueError(
+                f"injection {k} must be a channels-last grid {(batch, *shape)} (the shape of feature level {k}), "
+                f"got {tuple(grid.shape)}"
+            )
+    return list(injections)
+
+
 def _check_adapters(block_adapters: Sequence[BlockAdapters | None] | None, count: int) -> list[BlockAdapters | None]:
     if block_adapters is None:
         return [None] * count
@@ -277,16 +305,32 @@ class SamViTEncoder3D(nn.Module):
         self.feature_channels = [width] * len(self.out_indices) + [encoder.neck[0].out_channels]
         self.feature_strides = [patch] * (len(self.out_indices) + 1)
 
-    def forward(self, x: torch.Tensor, num_slices: int) -> list[torch.Tensor]:
-        """``x (B*D, 3, S, S)`` -> ``[block outputs (B*D, C, S/16, S/16)..., neck (B*D, 256, S/16, S/16)]``."""
+    def forward(
+        self, x: torch.Tensor, num_slices: int, injections: Sequence[torch.Tensor | None] | None = None
+    ) -> list[torch.Tensor]:
+        """Encode slices, optionally adding grids to the tokens before the feature blocks.
+
+        Args:
+            x: ``(B*D, 3, S, S)`` slices, the D slices of a stack consecutive.
+            num_slices: D.
+            injections: None, or one optional channels-last ``(B*D, S/16, S/16, C)`` grid per entry of
+                ``out_indices``, added to the tokens just before block ``out_indices[k]`` runs.
+
+        Returns:
+            ``[block outputs (B*D, C, S/16, S/16)..., neck (B*D, 256, S/16, S/16)]``, channels-first.
+        """
         _check_slices(x, self.img_size, num_slices)
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
         if self.slice_embedding is not None:
             x = self.slice_embedding(x)
+        grids = _check_injections(injections, [tuple(x.shape[1:])] * len(self.out_indices), x.shape[0])
+        before = dict(zip(self.out_indices, grids, strict=True))
         feats: list[torch.Tensor] = []
         for i, blk in enumerate(self.blocks):
+            if before.get(i) is not None:
+                x = x + before[i]
             x = maybe_checkpoint(self.gradient_checkpointing, blk, x, num_slices)
             if i in self.out_indices:
                 feats.append(x.permute(0, 3, 1, 2))
@@ -360,17 +404,37 @@ class TinyViTEncoder3D(nn.Module):
             x = maybe_checkpoint(self.gradient_checkpointing, blk, x, num_slices)
         return x
 
-    def forward(self, x: torch.Tensor, num_slices: int) -> list[torch.Tensor]:
-        """``x (B*D, 3, S, S)`` -> ``[stage outputs (B*D, C_i, h_i, w_i)..., neck (B*D, 256, S/4, S/4)]``."""
+    def forward(
+        self, x: torch.Tensor, num_slices: int, injections: Sequence[torch.Tensor | None] | None = None
+    ) -> list[torch.Tensor]:
+        """Encode slices, optionally adding grids to the outputs of the feature stages.
+
+        Args:
+            x: ``(B*D, 3, S, S)`` slices, the D slices of a stack consecutive.
+            num_slices: D.
+            injections: None, or one optional channels-last grid per entry of ``out_indices``, shaped as that
+                level's feature ``(B*D, S/s_k, S/s_k, C_k)`` (``feature_strides``, ``feature_channels``), added to
+                the output of stage ``out_indices[k]``: the returned feature and the next stage's input include it.
+
+        Returns:
+            ``[stage outputs (B*D, C_k, h_k, w_k)..., neck (B*D, 256, S/4, S/4)]``, channels-first.
+        """
         _check_slices(x, self.img_size, num_slices)
         grid = self._grid(self.stem(self.patch_embed(x)), self.sides[0])  # stage 0 ends as (N, L, C) tokens
         if self.slice_embedding is not None:
             grid = self.slice_embedding(grid)
+        levels = zip(self.out_indices, self.feature_channels[:-1], strict=True)
+        shapes = [(self.sides[i], self.sides[i], c) for i, c in levels]
+        after = dict(zip(self.out_indices, _check_injections(injections, shapes, x.shape[0]), strict=True))
+        if after.get(0) is not None:
+            grid = grid + after[0]
         stage_outputs = [grid]
         for i, (blocks, downsample) in enumerate(zip(self.stages, self.downsamples, strict=True), start=1):
             grid = self._run_stage(grid, blocks, num_slices)
             if not isinstance(downsample, nn.Identity):
                 grid = self._grid(downsample(grid.permute(0, 3, 1, 2)), self.sides[i])
+            if after.get(i) is not None:
+                grid = grid + after[i]
             stage_outputs.append(grid)
         feats = [stage_outputs[i].permute(0, 3, 1, 2) for i in self.out_indices]
         return feats + [self.neck(stage_outputs[-1].permute(0, 3, 1, 2))]

@@ -14,7 +14,7 @@ Slice-aware adapters need the decoding problems of one stack consecutive: ``N = 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from segment_anything.modeling import TwoWayTransformer
@@ -187,7 +187,7 @@ class AdaptedTwoWayTransformer(nn.Module):
 
 
 def hypernetwork_masks(
-    upscaling: nn.Module,
+    upscaling: Callable[[torch.Tensor], torch.Tensor],
     hypernetworks: Sequence[nn.Module],
     token_outputs: torch.Tensor,
     keys: torch.Tensor,
@@ -196,7 +196,7 @@ def hypernetwork_masks(
     """SAM's mask product: up-scaled image tokens dotted with the hypernetwork outputs of mask tokens.
 
     Args:
-        upscaling: SAM's ``output_upscaling`` (or a method's own), ``(N, C, h, w) -> (N, C', H', W')``.
+        upscaling: SAM's ``output_upscaling`` (or a method's own module or function), ``(N, C, h, w) -> (N, C', H', W')``.
         hypernetworks: one MLP per mask token, mapping ``(N, C)`` to ``(N, C')``.
         token_outputs: ``(N, M, C)`` transformer outputs of the M mask tokens, in the MLPs' order.
         keys: ``(N, h*w, C)`` transformer outputs of the image tokens.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,15 @@ from masksam.backbones import build_encoder3d, build_sam
 from masksam.networks.mask_decoder import AdaptedTwoWayTransformer, hypernetwork_masks
 from masksam.networks.settings import RecordsBuildSettings, records_build_settings
 
-__all__ = ["NO_PROMPT_LOGIT", "MedSA", "PromptedMaskDecoder", "build_med_sa", "embed_sparse_prompts"]
+__all__ = [
+    "NO_PROMPT_LOGIT",
+    "MedSA",
+    "PromptedMaskDecoder",
+    "PromptedSliceNetwork",
+    "build_med_sa",
+    "embed_sparse_prompts",
+    "prompted_slice_inputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +93,47 @@ def _compact(coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     coords = torch.gather(coords, 1, order.unsqueeze(-1).expand(-1, -1, 2))
     keep = int((labels >= 0).sum(dim=1).max())
     return coords[:, :keep], labels[:, :keep]
+
+
+def prompted_slice_inputs(
+    prompt_encoder: PromptEncoder,
+    embeddings: torch.Tensor,
+    coords: torch.Tensor,
+    labels: torch.Tensor,
+    mask_inputs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The decoder inputs of the slices that have a prompt (the prompt contract of the prompted networks).
+
+    Args:
+        prompt_encoder: SAM's prompt encoder.
+        embeddings: ``(N, C, h, w)`` image embeddings of N slices.
+        coords: ``(N, P, 2)`` ``(i, j)`` voxel coordinates on the ``(S, S)`` slices.
+        labels: ``(N, P)`` prompt labels (module docstring).
+        mask_inputs: optional ``(N, 1, 4h, 4w)`` previous mask logits (SAM's dense prompt).
+
+    Returns:
+        None when no slice has a prompt, else ``(idx, image, sparse, labels)``: the indices ``(M,)`` of the
+        prompted slices, their embeddings with the dense prompt added ``(M, C, h, w)``, their sparse prompt tokens
+        ``(M, P', C)`` and labels ``(M, P')`` (padding columns shared by all of them dropped).
+    """
+    n = embeddings.shape[0]
+    if coords.shape[:1] != (n,) or labels.shape != coords.shape[:2] or coords.shape[-1] != 2:
+        raise ValueError(
+            f"{n} slice embeddings need coords (N, P, 2) and labels (N, P), got {tuple(coords.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    prompted = (labels >= 0).any(dim=1)
+    if not bool(prompted.any()):
+        return None
+    idx = prompted.nonzero().squeeze(1)
+    coords, labels = _compact(coords[idx], labels[idx])
+    sparse = embed_sparse_prompts(prompt_encoder, coords.flip(-1), labels)  # (i, j) -> SAM's (x, y)
+    h, w = embeddings.shape[-2:]
+    if mask_inputs is not None:
+        dense = prompt_encoder.mask_downscaling(mask_inputs[idx].to(embeddings.dtype))
+    else:
+        dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(len(idx), -1, h, w)
+    return idx, embeddings[idx] + dense.to(embeddings.dtype), sparse, labels
 
 
 class PromptedMaskDecoder(nn.Module):
@@ -135,7 +185,103 @@ class PromptedMaskDecoder(nn.Module):
         return hypernetwork_masks(self.output_upscaling, [self.hypernetwork], queries[:, 1:2], keys, (h, w))
 
 
-class MedSA(RecordsBuildSettings):
+class PromptedSliceNetwork(RecordsBuildSettings, ABC):
+    """Base of the prompted slice-stack networks (Med-SA, SAM-UNet): input checks, SAM's image normalisation and
+    :meth:`forward` over the subclass's :meth:`encode` / :meth:`decode` (the interface of
+    :class:`masksam.inferers.PromptedVolumePredictor`).
+
+    Args:
+        pixel_mean: SAM's per-channel mean on a 0-255 scale (3 values).
+        pixel_std: SAM's per-channel std on a 0-255 scale.
+        in_channels: input channels; their mean, in [0, 1], is SAM's grey image (copied to RGB).
+        num_slices: D, slices per stack; stored with the model.
+        image_size: in-plane size S of the input stacks.
+    """
+
+    #: Name used in error messages.
+    method_name = "this network"
+
+    def __init__(
+        self, pixel_mean: torch.Tensor, pixel_std: torch.Tensor, in_channels: int, num_slices: int, image_size: int
+    ) -> None:
+        super().__init__()
+        if in_channels < 1 or num_slices < 1:
+            raise ValueError(f"in_channels and num_slices must be >= 1, got {in_channels} and {num_slices}")
+        self.register_buffer("pixel_mean", torch.as_tensor(pixel_mean, dtype=torch.float32).reshape(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.as_tensor(pixel_std, dtype=torch.float32).reshape(1, 3, 1, 1), False)
+        self.in_channels = in_channels
+        self.num_slices = num_slices
+        self.image_size = image_size
+
+    def _check_stack(self, x: torch.Tensor) -> None:
+        if x.ndim != 5:
+            raise ValueError(f"{self.method_name} expects (B, C, H, W, D) stacks, got shape {tuple(x.shape)}")
+        _, c, h, w, t = x.shape
+        if c != self.in_channels or t != self.num_slices or h != self.image_size or w != self.image_size:
+            raise ValueError(
+                f"{self.method_name} was built for {self.in_channels}-channel stacks of {self.image_size}x"
+                f"{self.image_size}x{self.num_slices} (H x W x slices), got {c} channels of {h}x{w}x{t}; resize "
+                f"slices to {self.image_size} and cut volumes into stacks of {self.num_slices} "
+                "(PromptedVolumePredictor does)"
+            )
+
+    def sam_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, C_in, S, S, D)`` intensities in [0, 1] -> SAM-normalised RGB slices ``(B*D, 3, S, S)`` (``n = b*D + d``)."""
+        self._check_stack(x)
+        b, _, s, _, t = x.shape
+        grey = x.mean(dim=1).permute(0, 3, 1, 2).reshape(b * t, 1, s, s).to(self.pixel_mean.dtype)
+        return (255.0 * grey - self.pixel_mean) / self.pixel_std  # in the network's dtype, whatever the input's
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, C_in, S, S, D)`` -> per-slice embeddings ``(B*D, C, h, w)``: whatever :meth:`decode` needs."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        coords: torch.Tensor,
+        labels: torch.Tensor,
+        mask_inputs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(N, C, h, w)`` embeddings of :meth:`encode` with per-slice prompts -> ``(N, 1, 4h, 4w)`` logits."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        prompt_coords: torch.Tensor,
+        prompt_labels: torch.Tensor,
+        mask_inputs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Segment the structure the prompts point at in each stack.
+
+        Args:
+            x: ``(B, C_in, S, S, D)`` intensities in [0, 1], MONAI layout (slices last).
+            prompt_coords: ``(B, D, P, 2)`` per-slice ``(i, j)`` voxel coordinates.
+            prompt_labels: ``(B, D, P)`` per-slice prompt labels (module docstring).
+            mask_inputs: optional ``(B, D, 1, 4h, 4w)`` previous low-resolution logits per slice (SAM's dense
+                prompt; ``h`` the image embedding's side).
+
+        Returns:
+            ``(B, 1, S, S, D)`` mask logits.
+        """
+        self._check_stack(x)
+        b, _, s, _, t = x.shape
+        if prompt_coords.shape[:2] != (b, t) or prompt_labels.shape != prompt_coords.shape[:3]:
+            raise ValueError(
+                f"prompts for {b} stacks of {t} slices must be (B, D, P, 2) coords and (B, D, P) labels, got "
+                f"{tuple(prompt_coords.shape)} and {tuple(prompt_labels.shape)}"
+            )
+        embeddings = self.encode(x)
+        masks = None if mask_inputs is None else mask_inputs.reshape(b * t, *mask_inputs.shape[2:])
+        low = self.decode(embeddings, prompt_coords.reshape(b * t, -1, 2), prompt_labels.reshape(b * t, -1), masks)
+        logits = F.interpolate(low, size=(s, s), mode="bilinear", align_corners=False) if low.shape[-1] != s else low
+        return logits.reshape(b, t, 1, s, s).permute(0, 2, 3, 4, 1)
+
+
+class MedSA(PromptedSliceNetwork):
     """The Med-SA network, assembled from finished parts (see :func:`build_med_sa`).
 
     Args:
@@ -149,6 +295,8 @@ class MedSA(RecordsBuildSettings):
         image_size: in-plane size S of the input stacks.
     """
 
+    method_name = "Med-SA"
+
     def __init__(
         self,
         encoder: nn.Module,
@@ -160,17 +308,10 @@ class MedSA(RecordsBuildSettings):
         num_slices: int,
         image_size: int,
     ) -> None:
-        super().__init__()
-        if in_channels < 1 or num_slices < 1:
-            raise ValueError(f"in_channels and num_slices must be >= 1, got {in_channels} and {num_slices}")
+        super().__init__(pixel_mean, pixel_std, in_channels, num_slices, image_size)
         self.encoder = encoder
         self.prompt_encoder = prompt_encoder
         self.decoder = decoder
-        self.register_buffer("pixel_mean", torch.as_tensor(pixel_mean, dtype=torch.float32).reshape(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.as_tensor(pixel_std, dtype=torch.float32).reshape(1, 3, 1, 1), False)
-        self.in_channels = in_channels
-        self.num_slices = num_slices
-        self.image_size = image_size
         self.train_decoder = False
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
@@ -184,24 +325,9 @@ class MedSA(RecordsBuildSettings):
         self.train_decoder = train_decoder
         return mark_trainable(self, types=(Adapter,), modules=[self.decoder] if train_decoder else [])
 
-    def _check_stack(self, x: torch.Tensor) -> None:
-        if x.ndim != 5:
-            raise ValueError(f"Med-SA expects (B, C, H, W, D) stacks, got shape {tuple(x.shape)}")
-        _, c, h, w, t = x.shape
-        if c != self.in_channels or t != self.num_slices or h != self.image_size or w != self.image_size:
-            raise ValueError(
-                f"Med-SA was built for {self.in_channels}-channel stacks of {self.image_size}x{self.image_size}x"
-                f"{self.num_slices} (H x W x slices), got {c} channels of {h}x{w}x{t}; resize slices to "
-                f"{self.image_size} and cut volumes into stacks of {self.num_slices} (PromptedVolumePredictor does)"
-            )
-
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x (B, C_in, S, S, D)`` intensities in [0, 1] -> image embeddings ``(B*D, C, h, w)`` (slice ``n = b*D + d``)."""
-        self._check_stack(x)
-        b, _, s, _, t = x.shape
-        grey = x.mean(dim=1).permute(0, 3, 1, 2).reshape(b * t, 1, s, s).to(self.pixel_mean.dtype)
-        rgb = (255.0 * grey - self.pixel_mean) / self.pixel_std  # in the network's dtype, whatever the input's
-        return self.encoder(rgb, t)[-1]
+        return self.encoder(self.sam_slices(x), x.shape[-1])[-1]
 
     def decode(
         self,
@@ -223,60 +349,16 @@ class MedSA(RecordsBuildSettings):
             ``(N, 1, 4h, 4w)`` low-resolution mask logits; :data:`NO_PROMPT_LOGIT` on slices without a prompt.
         """
         n, _, h, w = embeddings.shape
-        if coords.shape[:1] != (n,) or labels.shape != coords.shape[:2] or coords.shape[-1] != 2:
-            raise ValueError(
-                f"{n} slice embeddings need coords (N, P, 2) and labels (N, P), got {tuple(coords.shape)} and "
-                f"{tuple(labels.shape)}"
-            )
         out = embeddings.new_full((n, 1, 4 * h, 4 * w), NO_PROMPT_LOGIT)
-        prompted = (labels >= 0).any(dim=1)
-        if not bool(prompted.any()):
+        inputs = prompted_slice_inputs(self.prompt_encoder, embeddings, coords, labels, mask_inputs)
+        if inputs is None:
             return out
-        idx = prompted.nonzero().squeeze(1)
-        coords, labels = _compact(coords[idx], labels[idx])
-        pe = self.prompt_encoder
-        sparse = embed_sparse_prompts(pe, coords.flip(-1), labels)  # (i, j) -> SAM's (x, y)
+        idx, image, sparse, labels = inputs
         valid = (labels >= 0).unsqueeze(-1).to(sparse.dtype)
         prompt_embedding = (sparse * valid).sum(1) / valid.sum(1)
-        if mask_inputs is not None:
-            dense = pe.mask_downscaling(mask_inputs[idx].to(embeddings.dtype))
-        else:
-            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(len(idx), -1, h, w)
-        image = embeddings[idx] + dense.to(embeddings.dtype)
-        logits = self.decoder(image, pe.get_dense_pe().to(image.dtype), sparse, prompt_embedding)
+        pe = self.prompt_encoder.get_dense_pe().to(image.dtype)
+        logits = self.decoder(image, pe, sparse, prompt_embedding)
         return out.index_copy(0, idx, logits.to(out.dtype))
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        prompt_coords: torch.Tensor,
-        prompt_labels: torch.Tensor,
-        mask_inputs: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Segment the structure the prompts point at in each stack.
-
-        Args:
-            x: ``(B, C_in, S, S, D)`` intensities in [0, 1], MONAI layout (slices last).
-            prompt_coords: ``(B, D, P, 2)`` per-slice ``(i, j)`` voxel coordinates.
-            prompt_labels: ``(B, D, P)`` per-slice prompt labels (module docstring).
-            mask_inputs: optional ``(B, D, 1, 4h, 4w)`` previous low-resolution logits per slice (SAM's dense
-                prompt; ``h = S / 16``).
-
-        Returns:
-            ``(B, 1, S, S, D)`` mask logits.
-        """
-        self._check_stack(x)
-        b, _, s, _, t = x.shape
-        if prompt_coords.shape[:2] != (b, t) or prompt_labels.shape != prompt_coords.shape[:3]:
-            raise ValueError(
-                f"prompts for {b} stacks of {t} slices must be (B, D, P, 2) coords and (B, D, P) labels, got "
-                f"{tuple(prompt_coords.shape)} and {tuple(prompt_labels.shape)}"
-            )
-        embeddings = self.encode(x)
-        masks = None if mask_inputs is None else mask_inputs.reshape(b * t, *mask_inputs.shape[2:])
-        low = self.decode(embeddings, prompt_coords.reshape(b * t, -1, 2), prompt_labels.reshape(b * t, -1), masks)
-        logits = F.interpolate(low, size=(s, s), mode="bilinear", align_corners=False) if low.shape[-1] != s else low
-        return logits.reshape(b, t, 1, s, s).permute(0, 2, 3, 4, 1)
 
 
 @records_build_settings("checkpoint", "gradient_checkpointing", "compile")

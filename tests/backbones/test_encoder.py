@@ -231,3 +231,48 @@ def test_frozen_tiny_vit_batch_norms_keep_their_statistics_in_training(tiny_vit:
     for n, mean in zip(norms, before, strict=True):
         assert torch.equal(n.running_mean, mean)
     encoder.eval()  # the module-level fixture is shared with other tests
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_injections_enter_where_their_feature_level_is_formed(request: pytest.FixtureRequest, family: str) -> None:
+    """``injections[k]`` (shaped as feature k, channels last) is added where level k forms: before the ViT block
+    ``out_indices[k]`` (so it runs through that block), to TinyViT's stage ``out_indices[k]`` output (so the feature
+    is the stage output plus the grid); earlier levels are untouched, later ones change; None changes nothing."""
+    torch.manual_seed(0)
+    encoder = build_encoder3d(encoder_of(request, family)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = encoder(x, 2)
+        levels = len(encoder.out_indices)
+        shapes = [(2, f.shape[2], f.shape[3], f.shape[1]) for f in plain[:-1]]
+        for f, c, s in zip(plain, encoder.feature_channels, encoder.feature_strides, strict=True):
+            assert f.shape[1:] == (c, 64 // s, 64 // s)
+        for a, b in zip(encoder(x, 2, [None] * levels), plain, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        k = 1
+        grid = torch.randn(shapes[k])
+        injected = encoder(x, 2, [grid if i == k else None for i in range(levels)])
+        for i in range(k):
+            torch.testing.assert_close(injected[i], plain[i], rtol=0, atol=0)
+        for i in range(k, levels + 1):
+            assert not torch.allclose(injected[i], plain[i], atol=1e-4), f"level {i} ignores injection {k}"
+        if family == "vit":
+            block = encoder.blocks[encoder.out_indices[k]]
+            previous = plain[k - 1].permute(0, 2, 3, 1)
+            for j in range(encoder.out_indices[k - 1] + 1, encoder.out_indices[k]):  # blocks between the levels
+                previous = encoder.blocks[j](previous, 2)
+            expected = block(previous + grid, 2).permute(0, 3, 1, 2)
+        else:
+            expected = plain[k] + grid.permute(0, 3, 1, 2)
+        torch.testing.assert_close(injected[k], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_injections_must_fit_the_feature_levels(vit: nn.Module) -> None:
+    encoder = build_encoder3d(vit)
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="got 2 injections for an encoder with 4 feature levels"):
+        encoder(x, 1, [None, None])
+    with pytest.raises(
+        ValueError, match=r"injection 3 must be a channels-last grid \(2, 4, 4, 32\).*got \(2, 32, 4, 4\)"
+    ):
+        encoder(x, 1, [None, None, None, torch.zeros(2, 32, 4, 4)])
