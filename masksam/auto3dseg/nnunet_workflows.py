@@ -290,4 +290,4 @@ class NnunetInferer:
         spacing = [float(s) for s in image.pixdim[:3]][::-1]
         _, probs = self.predictor.predict_single_npy_array(data, {"spacing": spacing}, None, None, True)
         probs = torch.from_numpy(np.ascontiguousarray(np.asarray(probs).transpose(0, 3, 2, 1))).float()
-        return MetaTensor(probs, affine=image.affine.clone(), meta=dict(image.meta))
+        return MetaTensor(probs, meta={**image.meta, "affine": image.affine.clone()})

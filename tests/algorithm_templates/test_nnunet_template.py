@@ -189,7 +189,7 @@ def test_later_folds_reuse_the_plans_and_preprocessing(
     assert config["fold"] == 1 and config["plans"] == "nnUNetPlans" and config["trainer_class"] == TRAINER
     assert marker.read_text() == before
     with pytest.raises(ValueError, match="configuration.*3d_lowres.*'2d', '3d_fullres'"):
-        algo.export_to_disk(str(tmp_path), "nnunet_lowres", fold=0, configuration="3d_lowres")
+        algo.export_to_disk(str(tmp_path), "nnunet_lowres", nnunet_dir=str(marker.parents[2]), configuration="3d_lowres")
 
 
 @pytest.mark.slow
