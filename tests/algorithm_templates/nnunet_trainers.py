@@ -12,6 +12,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 __all__ = ["nnUNetTrainerTiny"]
 
+CPU = torch.device("cpu")
+
 
 class nnUNetTrainerTiny(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming: the class name names the output folder)
     """nnU-Net's trainer on a tiny budget: 2 epochs of 3 iterations (1 validation iteration), 8 x 32 x 32 patches, and
@@ -21,7 +23,7 @@ class nnUNetTrainerTiny(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming: the cla
     """
 
     def __init__(
-        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = torch.device("cpu")
+        self, plans: dict, configuration: str, fold: int, dataset_json: dict, device: torch.device = CPU
     ) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 2

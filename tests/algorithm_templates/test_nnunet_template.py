@@ -27,9 +27,9 @@ from masksam.auto3dseg import (
     algo_entry,
     dataset_folder_name,
     folds_to_splits,
+    nnunet_data,
     nnunet_environment,
 )
-from masksam.auto3dseg import nnunet_data
 from tests.algorithm_templates.conftest import (
     REPO,
     SUBPROCESS_ENV,
@@ -84,7 +84,9 @@ def work_dir(nnunetv2, tmp_path_factory: pytest.TempPathFactory, dataset: Path) 
 
 
 def fold_folder(work_dir: Path, fold: int = 0) -> Path:
-    return work_dir / f"nnunet_{fold}" / "model" / DATASET / "nnUNetTrainerTiny__nnUNetPlans__3d_fullres" / f"fold_{fold}"
+    return (
+        work_dir / f"nnunet_{fold}" / "model" / DATASET / "nnUNetTrainerTiny__nnUNetPlans__3d_fullres" / f"fold_{fold}"
+    )
 
 
 @pytest.mark.slow
@@ -135,7 +137,9 @@ def test_conversion_keeps_images_labels_spacing_and_folds(work_dir: Path, datase
     info = json.loads((raw / "dataset.json").read_text())
     assert info["channel_names"] == {"0": "CT"} and info["labels"] == {"background": 0, "class1": 1, "class2": 2}
     splits = json.loads((work_dir / "nnunet_data" / "nnUNet_preprocessed" / DATASET / "splits_final.json").read_text())
-    by_fold = [sorted(c["new_name"] for c, d in zip(converted, datalist, strict=True) if d["fold"] == f) for f in (0, 1)]
+    by_fold = [
+        sorted(c["new_name"] for c, d in zip(converted, datalist, strict=True) if d["fold"] == f) for f in (0, 1)
+    ]
     assert [sorted(s["val"]) for s in splits] == by_fold
     assert [sorted(s["train"]) for s in splits] == by_fold[::-1]
 
@@ -189,7 +193,9 @@ def test_later_folds_reuse_the_plans_and_preprocessing(
     assert config["fold"] == 1 and config["plans"] == "nnUNetPlans" and config["trainer_class"] == TRAINER
     assert marker.read_text() == before
     with pytest.raises(ValueError, match="configuration.*3d_lowres.*'2d', '3d_fullres'"):
-        algo.export_to_disk(str(tmp_path), "nnunet_lowres", nnunet_dir=str(marker.parents[2]), configuration="3d_lowres")
+        algo.export_to_disk(
+            str(tmp_path), "nnunet_lowres", nnunet_dir=str(marker.parents[2]), configuration="3d_lowres"
+        )
 
 
 @pytest.mark.slow
@@ -223,10 +229,14 @@ def test_nnunet_environment_is_set_for_the_call_only(tmp_path: Path, monkeypatch
     monkeypatch.delenv("nnUNet_results", raising=False)
     paths = NnunetPaths(tmp_path / "raw", tmp_path / "pre", tmp_path / "res", num_processes=2, num_workers=0)
     with nnunet_environment(paths) as env:
-        assert os.environ["nnUNet_raw"] == str(tmp_path / "raw") and os.environ["nnUNet_results"] == str(tmp_path / "res")
-        assert os.environ["nnUNet_def_n_proc"] == "2" and os.environ["nnUNet_n_proc_DA"] == "0" and env == {
-            k: os.environ[k] for k in env
-        }
+        assert os.environ["nnUNet_raw"] == str(tmp_path / "raw") and os.environ["nnUNet_results"] == str(
+            tmp_path / "res"
+        )
+        assert (
+            os.environ["nnUNet_def_n_proc"] == "2"
+            and os.environ["nnUNet_n_proc_DA"] == "0"
+            and env == {k: os.environ[k] for k in env}
+        )
     assert os.environ["nnUNet_raw"] == "/elsewhere" and "nnUNet_results" not in os.environ
     with pytest.raises(ValueError, match="num_workers"):
         NnunetPaths(tmp_path, tmp_path, tmp_path, num_workers=-1)
