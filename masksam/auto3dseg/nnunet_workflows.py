@@ -253,7 +253,7 @@ class NnunetInferer:
             tile_step_size=float(get("infer#tile_step_size")),
             use_gaussian=True,
             use_mirroring=bool(get("infer#use_mirroring")),
-            perform_everything_on_device=True,
+            perform_everything_on_device=fold.device.type == "cuda",  # nnU-Net supports it on CUDA only
             device=fold.device,
             verbose=False,
             verbose_preprocessing=False,
