@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from monai.apps.auto3dseg import AutoRunner, import_bundle_algo_history
+from monai.apps.auto3dseg import AutoRunner, BundleGen, import_bundle_algo_history
 from monai.utils.enums import AlgoKeys
 
 from masksam.auto3dseg import (
@@ -210,6 +211,26 @@ def test_validate_script_repeats_nnunets_validation(work_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     best = yaml.safe_load((algo / "model" / "progress.yaml").read_text())[-1]["best_avg_dice_score"]
     assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_registration_by_templates_folder(work_dir: Path, tmp_path: Path) -> None:
+    """The template dropped beside other templates: BundleGen derives ``nnunet.scripts.algo.NnunetAlgo``."""
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "algorithm_templates" / "nnunet", templates / "nnunet")
+    inputs = read_yaml(work_dir / "input.yaml")
+    inputs["nnunet"] = {**inputs["nnunet"], "nnunet_dir": str(work_dir / "nnunet_data")}  # fold 0's nnU-Net data
+    (tmp_path / "input.yaml").write_text(yaml.safe_dump(inputs))
+    out = tmp_path / "work"
+    gen = BundleGen(
+        algo_path=str(out), algos="nnunet", templates_path_or_url=str(templates),
+        data_stats_filename=str(work_dir / "datastats.yaml"), data_src_cfg_name=str(tmp_path / "input.yaml"),
+    )  # fmt: skip
+    gen.generate(str(out), num_fold=1)
+    (item,) = import_bundle_algo_history(str(out), only_trained=False)
+    assert isinstance(item[AlgoKeys.ALGO], NnunetAlgo) and item[AlgoKeys.ID] == "nnunet_0"
+    config = read_yaml(out / "nnunet_0" / "configs" / "hyper_parameters.yaml")
+    assert config["plans"] == "nnUNetPlans" and config["trainer_class"] == TRAINER
 
 
 def test_folds_become_nnunet_splits() -> None:
