@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e ".[test,demo,dev]"
+	$(PY) -m pip install --quiet -e ".[test,demo,dev,nnunet]" $(TORCH_PINS)
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from ignite.engine import Engine, Events
 
-__all__ = ["PROGRESS_FILE", "read_best_score", "ProgressWriter"]
+__all__ = ["PROGRESS_FILE", "read_best_score", "write_progress", "ProgressWriter"]
 
 #: File name under ``ckpt_path``; ``BundleAlgo.get_score`` reads ``[-1]["best_avg_dice_score"]`` from it.
 PROGRESS_FILE = "progress.yaml"
@@ -27,6 +27,22 @@ def read_best_score(ckpt_path: str | os.PathLike[str]) -> float:
     if not records:
         raise ValueError(f"{path} holds no validation record")
     return float(records[-1]["best_avg_dice_score"])
+
+
+def write_progress(ckpt_path: str | os.PathLike[str], records: list[dict[str, Any]]) -> str:
+    """Write ``<ckpt_path>/progress.yaml`` atomically (folder created if needed); returns its path.
+
+    Args:
+        ckpt_path: folder of ``progress.yaml``.
+        records: ``{"best_avg_dice_score", "best_epoch", "time"}`` records, the best one last.
+    """
+    os.makedirs(ckpt_path, exist_ok=True)
+    path = os.path.join(os.fspath(ckpt_path), PROGRESS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(records, f, sort_keys=False)
+    os.replace(tmp, path)
+    return path
 
 
 class ProgressWriter:
@@ -69,7 +85,4 @@ class ProgressWriter:
                 "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             }
         )
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            yaml.safe_dump(self.records, f, sort_keys=False)
-        os.replace(tmp, self.path)
+        write_progress(self.ckpt_path, self.records)

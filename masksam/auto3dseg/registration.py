@@ -9,7 +9,11 @@ from pathlib import Path
 __all__ = ["ALGORITHMS", "bundle_dir", "template_dir", "algo_entry", "masksam_algo_entry"]
 
 #: Template name -> its ``BundleAlgo`` class (importable from the package).
-ALGORITHMS = {"masksam": "masksam.auto3dseg.algo.MasksamAlgo", "masam": "masksam.auto3dseg.algo.MasamAlgo"}
+ALGORITHMS = {
+    "masksam": "masksam.auto3dseg.algo.MasksamAlgo",
+    "masam": "masksam.auto3dseg.algo.MasamAlgo",
+    "nnunet": "masksam.auto3dseg.nnunet_algo.NnunetAlgo",  # needs the extra nnunet (nnunetv2) to generate and train
+}
 
 
 def template_dir() -> Path:
