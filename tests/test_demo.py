@@ -45,3 +45,34 @@ def test_demo_settings_name_real_bundle_settings(tmp_path: Path, name: str) -> N
 def test_unknown_method_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown demo method 'sam3'"):
         run_demo(str(tmp_path), method="sam3")
+
+
+@pytest.mark.slow
+def test_prompted_demo_scores_zero_shot_and_fine_tuned_under_each_protocol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Med-SA path of the demo end to end, on a synthetic volume with the tiny backbone."""
+    import dataclasses
+
+    import masksam.data
+    from masksam import demo
+    from masksam.data.synthetic import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "data", num_cases=2, shape=(40, 36, 8), num_classes=3, num_folds=2, num_test=0)
+    image = next((tmp_path / "data" / "imagesTr").glob("*.nii.gz"))
+    label = tmp_path / "data" / "labelsTr" / image.name
+
+    def tiny(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: int) -> dict:
+        settings = demo.med_sa_demo_overrides(work_dir, dataset_dir, checkpoint, epochs)
+        return {**settings, "backbone": "tiny", "sam_checkpoint": None, "patch_size": 32, "num_classes": 3,
+                "decoder_adapter_dim": 8, "hyper_hidden_dim": 8}  # fmt: skip
+
+    monkeypatch.setattr(masksam.data, "class_names", lambda: ["background", "a", "b"])
+    method = dataclasses.replace(METHODS["med_sa"], overrides=tiny)
+    result = demo._run_prompted(method, tmp_path / "out", tmp_path / "data", image, label, epochs=2, budget_s=600)
+    assert result["epochs"] == 2 and set(result["dice"]) == {"a", "b"}
+    for stage in ("zero_shot", "fine_tuned"):
+        assert set(result["protocols"][stage]) == set(demo.MED_SA_PROTOCOLS)
+        assert all(0.0 <= d <= 1.0 for scores in result["protocols"][stage].values() for d in scores)
+    assert result["protocols"]["fine_tuned"]["box"] == list(result["dice"].values())
+    assert (tmp_path / "out" / "overlay.png").is_file() and (tmp_path / "out" / "training_curves.png").is_file()
