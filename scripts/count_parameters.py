@@ -1,5 +1,5 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
-"""Print total vs trainable parameters of SAM encoders with each adapter family, of MaskSAM, MA-SAM and SAM-UNet.
+"""Print total vs trainable parameters of SAM encoders with each adapter family, of MaskSAM, MA-SAM, Med-SA and SAM-UNet.
 
 MA-SAM (ViT-B and ViT-H, 512x512x5, r=32, 12 organs + background) is counted per part and reconciled
 with the research code's counts (``/work/shared/METHODS.md`` 2e: 117.4 M total / 30.1 M trainable for
@@ -7,6 +7,10 @@ ViT-B, 729.9 M / 96.8 M for ViT-H): the differences are computed, not assumed.
 
 SAM-UNet (ViT-B at 256x256 with ResNet-34 and ResNet-50) is counted per part and reconciled likewise with the
 research code's counts (METHODS.md 3e: R50 138.4 M total / 51.76 M trainable, R34 116.0 M / 29.3 M).
+
+Med-SA (ViT-B and ViT-H at 1024x1024, the research code's size) is counted with the bundle's defaults (only the
+adapters train: the paper's rule) and with the whole mask decoder training (the research code's rule), beside the
+research code's counts (METHODS.md 4e: ViT-B 104.4 M / 14.7 M, ViT-H 719.9 M / 82.9 M).
 
 Models are built on PyTorch's ``meta`` device (shapes only), so ViT-H costs no memory:
     python scripts/count_parameters.py
@@ -32,7 +36,7 @@ from masksam.adapters import (
     med_sa_block_adapters,
 )
 from masksam.backbones import SAM_PRESETS, build_encoder3d, build_sam
-from masksam.networks import MASAM, SamUNet, build_ma_sam, build_masksam, build_sam_unet
+from masksam.networks import MASAM, SamUNet, build_ma_sam, build_masksam, build_med_sa, build_sam_unet
 
 FAMILIES = {
     "masksam depth-conv (hidden C/4, research code)": lambda: masksam_block_adapters(),
@@ -47,6 +51,8 @@ MA_SAM_RESEARCH_CODE = {"vit_b": (117.4, 30.1), "vit_h": (729.9, 96.8)}
 MA_SAM_CLASSES = 13
 #: The research code's counts (Hhankyangg/sam-unet at a0b84c5, ViT-B at 256x256), M parameters: total, trainable.
 SAM_UNET_RESEARCH_CODE = {"resnet50": (138.4, 51.76), "resnet34": (116.0, 29.3)}
+#: The research code's counts (KidsWithTokens/Medical-SAM-Adapter at 4dcdc63, 1024x1024, SD-Trans), M parameters.
+MED_SA_RESEARCH_CODE = {"vit_b": (104.4, 14.7), "vit_h": (719.9, 82.9)}
 
 
 def _count(params: Iterable[nn.Parameter]) -> tuple[int, int]:
@@ -170,6 +176,21 @@ def sam_unet_report(cnn: str) -> None:
     )  # fmt: skip
 
 
+def med_sa_report(backbone: str) -> None:
+    print(f"\nMed-SA {backbone} 1024x1024, adapters C/4, SD-Trans, decoder adapters 64 wide")
+    for label, train_decoder in (("adapters train (bundle default, the paper)", False),
+                                 ("adapters and SAM's mask decoder train (research code)", True)):  # fmt: skip
+        model = build_med_sa(backbone, image_size=1024, num_slices=4, train_decoder=train_decoder)
+        total, trainable = count_parameters(model)
+        decoder_adapters = sum(p.numel() for p in model.decoder.transformer.layer_adapters.parameters())
+        print(f"  {label:<56s} {total / 1e6:8.2f}M total  {trainable / 1e6:7.2f}M trainable "
+              f"(decoder adapters {decoder_adapters / 1e6:.2f}M)")  # fmt: skip
+    ref_total, ref_trainable = MED_SA_RESEARCH_CODE[backbone]
+    print(
+        f"  research code: {ref_total}M / {ref_trainable}M (METHODS.md 4e; no decoder adapters, whole decoder trains)"
+    )
+
+
 def main() -> None:
     rows = []
     with torch.device("meta"):
@@ -193,6 +214,8 @@ def main() -> None:
     with torch.device("meta"):
         for backbone in MA_SAM_RESEARCH_CODE:
             ma_sam_report(backbone)
+        for backbone in MED_SA_RESEARCH_CODE:
+            med_sa_report(backbone)
         for cnn in SAM_UNET_RESEARCH_CODE:
             sam_unet_report(cnn)
 
