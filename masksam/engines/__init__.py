@@ -5,6 +5,7 @@ errors, start-of-run logging."""
 from __future__ import annotations
 
 from masksam.engines.checkpoint import TrainingCheckpointHandler, latest_checkpoint
+from masksam.engines.errors import describe_failure, install_error_summary
 from masksam.engines.logging_utils import log_parameter_counts
 from masksam.engines.weights import (
     SETTING_NAMES,
@@ -21,6 +22,8 @@ __all__ = [
     "TrainingCheckpointHandler",
     "check_state_dict",
     "checked_state_dict",
+    "describe_failure",
+    "install_error_summary",
     "latest_checkpoint",
     "load_network_weights",
     "log_parameter_counts",
