@@ -5,7 +5,14 @@ errors, start-of-run logging."""
 from __future__ import annotations
 
 from masksam.engines.checkpoint import TrainingCheckpointHandler, latest_checkpoint
-from masksam.engines.errors import describe_failure, install_error_summary
+from masksam.engines.errors import describe_failure, exception_chain, install_error_summary
+from masksam.engines.folder_inference import (
+    CASE_ERROR_KEY,
+    CaseReport,
+    NewFilesLayout,
+    OutputExistsError,
+    TolerantDataset,
+)
 from masksam.engines.logging_utils import log_parameter_counts
 from masksam.engines.weights import (
     SETTING_NAMES,
@@ -17,12 +24,18 @@ from masksam.engines.weights import (
 )
 
 __all__ = [
+    "CASE_ERROR_KEY",
+    "CaseReport",
+    "NewFilesLayout",
+    "OutputExistsError",
+    "TolerantDataset",
     "SETTING_NAMES",
     "ModelWeightsLoader",
     "TrainingCheckpointHandler",
     "check_state_dict",
     "checked_state_dict",
     "describe_failure",
+    "exception_chain",
     "install_error_summary",
     "latest_checkpoint",
     "load_network_weights",

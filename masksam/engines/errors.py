@@ -21,7 +21,7 @@ from multiprocessing.dummy import DummyProcess
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["describe_failure", "install_error_summary"]
+__all__ = ["describe_failure", "exception_chain", "install_error_summary"]
 
 #: The package's folder (``masksam/``, or ``scripts/masksam/`` in a Model Zoo export): errors raised in files
 #: under it are this package's own.
@@ -49,7 +49,7 @@ def _is_own_file(filename: str) -> bool:
         return False
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def exception_chain(exc: BaseException) -> list[BaseException]:
     """``exc`` and its causes (or, where no cause was set, the exceptions being handled), outermost first."""
     chain: list[BaseException] = []
     current: BaseException | None = exc
@@ -113,7 +113,7 @@ def describe_failure(exc: BaseException) -> str:
     Returns:
         one line, or several where the message has several.
     """
-    chain = _chain(exc)
+    chain = exception_chain(exc)
     for candidate in reversed(chain):  # innermost first
         worker = _from_worker_text(str(candidate))
         if worker is not None:
@@ -124,7 +124,7 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def _needs_summary(exc: BaseException) -> bool:
-    return len(_chain(exc)) > 1 or any(_WORKER_MARK in str(e) for e in _chain(exc))
+    return len(exception_chain(exc)) > 1 or any(_WORKER_MARK in str(e) for e in exception_chain(exc))
 
 
 def _wait_for_pool_workers(timeout: float) -> None:
