@@ -5,6 +5,7 @@ errors, start-of-run logging."""
 from __future__ import annotations
 
 from masksam.engines.checkpoint import TrainingCheckpointHandler, latest_checkpoint
+from masksam.engines.distributed import validation_sampler
 from masksam.engines.errors import describe_failure, exception_chain, install_error_summary
 from masksam.engines.folder_inference import (
     CASE_ERROR_KEY,
@@ -41,4 +42,5 @@ __all__ = [
     "load_network_weights",
     "log_parameter_counts",
     "unwrap",
+    "validation_sampler",
 ]
