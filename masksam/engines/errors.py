@@ -95,7 +95,7 @@ def _from_worker_text(text: str) -> str | None:
         found.append((_format(type_name, match.group("message") or "", own), own))
     if not found:
         return None
-    own_found = [text for text, own in found if own]
+    own_found = [description for description, own in found if own]
     return own_found[0] if own_found else found[0][0]
 
 
