@@ -55,7 +55,8 @@ class TolerantDataset(Dataset):
 
     The reason is :func:`masksam.engines.describe_failure` of the error (for this package's checks, the message
     naming the file, key and value). The error is caught where the transform runs (a DataLoader worker too), so
-    it neither stops the DataLoader nor is printed by each worker.
+    it neither stops the DataLoader nor is printed by each worker. Load it with ``batch_size=1`` (a failed item
+    does not collate with loaded ones), as the bundles' inference does.
 
     Args:
         data: the items (dicts holding ``image_key``).
