@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
@@ -100,9 +101,10 @@ class TrainingCheckpointHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
 
     def save(self, engine: Engine) -> None:
-        """Write this epoch's checkpoint, then :meth:`prune`."""
+        """Write this epoch's checkpoint, then :meth:`prune` (on rank 0 only, where ignite's ``DiskSaver`` writes)."""
         self.checkpoint(engine)
-        self.prune(engine.state.epoch)
+        if idist.get_rank() == 0:
+            self.prune(engine.state.epoch)
 
     def prune(self, epoch: int) -> list[str]:
         """Delete all but the newest ``n_saved`` checkpoints numbered up to ``epoch``; return the deleted paths."""
