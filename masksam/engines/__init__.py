@@ -1,6 +1,7 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
 """What ignite/MONAI engines lack: saving and resuming the whole training state, weights loading with clear
-errors, start-of-run logging."""
+errors, start-of-run logging, the cause of a failed run in its last lines, folder inference that survives a bad
+case, and validation under torchrun with fewer cases than ranks."""
 
 from __future__ import annotations
 
