@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,16 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-__all__ = ["MED_SA_PROTOCOLS", "METHODS", "DemoMethod", "demo_overrides", "dice_per_class", "run_demo", "main"]
+__all__ = [
+    "MED_SA_PROTOCOLS",
+    "METHODS",
+    "DemoMethod",
+    "budget_note",
+    "demo_overrides",
+    "dice_per_class",
+    "run_demo",
+    "main",
+]
 
 logger = logging.getLogger("masksam.demo")
 
@@ -226,7 +236,13 @@ def dice_per_class(pred: np.ndarray, label: np.ndarray, num_classes: int) -> lis
     return scores
 
 
-def _train(bundle: Path, overrides: dict[str, Any], time_budget_s: float) -> dict[str, list[float]]:
+def _train(bundle: Path, overrides: dict[str, Any], time_budget_s: float) -> tuple[dict[str, list[float]], bool]:
+    """Train the bundle with ``overrides``; stop after the epoch that ends past ``time_budget_s`` seconds.
+
+    Returns:
+        the loss of each epoch (``{"train loss": [...]}``), and whether the budget stopped the training before
+        ``max_epochs``.
+    """
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
     from monai.handlers import from_engine
@@ -241,20 +257,38 @@ def _train(bundle: Path, overrides: dict[str, Any], time_budget_s: float) -> dic
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     history: dict[str, list[float]] = {"train loss": []}
+    stopped = []
     start = time.time()
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _record(engine: Any) -> None:
         history["train loss"].append(float(from_engine(["loss"], first=True)(engine.state.output)))
-        if time.time() - start > time_budget_s:
+        if time.time() - start > time_budget_s and engine.state.epoch < engine.state.max_epochs:
             logger.warning(
                 "training time budget of %.0f s reached at epoch %d: stopping", time_budget_s, engine.state.epoch
             )
+            stopped.append(engine.state.epoch)
             engine.terminate()
 
     workflow.run()
     workflow.finalize()
-    return history
+    return history, bool(stopped)
+
+
+def budget_note(result: dict[str, Any]) -> str:
+    """For a method whose training the time budget stopped: how many of the planned epochs ran; else ``""``.
+
+    Args:
+        result: a method's result (:func:`run_demo`), with ``epochs``, ``planned_epochs``, ``budget_stopped`` and
+            ``time_budget_s``.
+    """
+    if not result["budget_stopped"]:
+        return ""
+    return (
+        f"training stopped at the {result['time_budget_s'] / 60:.0f}-min time budget after {result['epochs']} of the "
+        f"{result['planned_epochs']} planned epochs (a slower or busy machine): this Dice is that of a shorter fit, "
+        "not the method's (--time-budget-min sets the budget)"
+    )
 
 
 #: Training schedule of the demo, per method: about 7.5 minutes on 2 CPU cores; the budget stops slower machines.
@@ -350,6 +384,7 @@ def _run_prompted(
 
     bundle = BUNDLES / method.bundle
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "models", ignore_errors=True)  # an earlier demo run's checkpoints
     overrides = method.overrides(out, dataset_dir, lite_medsam_checkpoint_path(), epochs)
     names = class_names()
     image, label = _model_space(image_path, label_path, overrides)
@@ -365,9 +400,9 @@ def _run_prompted(
     t_zero = time.time() - t0
     print(f"[demo] {method.title}: training the {method.bundle} bundle for up to {epochs} epochs")
     t1 = time.time()
-    history = _train(bundle, overrides, time_budget_s=budget_s)
+    history, budget_stopped = _train(bundle, overrides, time_budget_s=budget_s)
     t_train = time.time() - t1
-    print(f"[demo] {method.title}: trained {len(history['train loss'])} epochs in {t_train:.0f} s")
+    print(f"[demo] {method.title}: trained {len(history['train loss'])} of {epochs} epochs in {t_train:.0f} s")
     t2 = time.time()
     trained = build_med_sa(overrides["backbone"], **settings)
     state = torch.load(latest_checkpoint(out / "models"), map_location="cpu", weights_only=True)
@@ -391,9 +426,13 @@ def _run_prompted(
         f"[demo] {method.title} outputs: {overlay}\n                {curves}\n[demo] {method.title} time: zero-shot "
         f"scoring {t_zero:.0f} s, training {t_train:.0f} s, scoring {t_infer:.0f} s"
     )
-    return {"dice": dict(zip(names[1:], after["box"], strict=True)), "mean_dice": float(np.mean(after["box"])),
-            "protocols": {"zero_shot": before, "fine_tuned": after}, "train_seconds": t_train,
-            "infer_seconds": t_infer, "epochs": len(history["train loss"]), "prediction": None}  # fmt: skip
+    result = {"dice": dict(zip(names[1:], after["box"], strict=True)), "mean_dice": float(np.mean(after["box"])),
+              "protocols": {"zero_shot": before, "fine_tuned": after}, "train_seconds": t_train,
+              "infer_seconds": t_infer, "epochs": len(history["train loss"]), "planned_epochs": epochs,
+              "budget_stopped": budget_stopped, "time_budget_s": budget_s, "prediction": None}  # fmt: skip
+    if budget_note(result):
+        print(f"[demo] {method.title}: {budget_note(result)}")
+    return result
 
 
 def _run_method(
@@ -410,12 +449,14 @@ def _run_method(
     if method.prompted:
         return _run_prompted(method, out, dataset_dir, image_path, label_path, epochs, budget_s)
     out.mkdir(parents=True, exist_ok=True)
+    for previous in (out / "models", out / "prediction"):  # an earlier demo run's: inference writes no file twice
+        shutil.rmtree(previous, ignore_errors=True)
     overrides = method.overrides(out, dataset_dir, lite_medsam_checkpoint_path(), epochs)
     print(f"[demo] {method.title}: training the {method.bundle} bundle for up to {epochs} epochs")
     t1 = time.time()
-    history = _train(bundle, overrides, time_budget_s=budget_s)
+    history, budget_stopped = _train(bundle, overrides, time_budget_s=budget_s)
     t_train = time.time() - t1
-    print(f"[demo] {method.title}: trained {len(history['train loss'])} epochs in {t_train:.0f} s")
+    print(f"[demo] {method.title}: trained {len(history['train loss'])} of {epochs} epochs in {t_train:.0f} s")
 
     t2 = time.time()
     pred_dir = out / "prediction"
@@ -442,12 +483,16 @@ def _run_method(
     for name, d in zip(names[1:], dice, strict=True):
         print(f"  {name:<16s} {d:.3f}")
     print(f"  {'mean':<16s} {mean:.3f}")
+    result = {"dice": dict(zip(names[1:], dice, strict=True)), "mean_dice": mean, "train_seconds": t_train,
+              "infer_seconds": t_infer, "epochs": len(history["train loss"]), "planned_epochs": epochs,
+              "budget_stopped": budget_stopped, "time_budget_s": budget_s, "prediction": str(seg_path)}  # fmt: skip
+    if budget_note(result):
+        print(f"[demo] {method.title}: {budget_note(result)}")
     print(
         f"[demo] {method.title} outputs: {seg_path}\n                {overlay}\n                {curves}\n"
         f"[demo] {method.title} time: training {t_train:.0f} s, inference {t_infer:.0f} s"
     )
-    return {"dice": dict(zip(names[1:], dice, strict=True)), "mean_dice": mean, "train_seconds": t_train,
-            "infer_seconds": t_infer, "epochs": len(history["train loss"]), "prediction": str(seg_path)}  # fmt: skip
+    return result
 
 
 def run_demo(
@@ -496,6 +541,9 @@ def run_demo(
         )  # fmt: skip
     if any(METHODS[name].prompted for name in results):
         print("  * prompted: a ground-truth box on every slice of each structure; Dice in the model's grid")
+    for name, r in results.items():
+        if budget_note(r):
+            print(f"[demo] {METHODS[name].title}: {budget_note(r)}")
     total = time.time() - t0
     print(f"[demo] total time {total:.0f} s ({total / 60:.1f} min)")
     return results

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from masksam.demo import BUNDLES, METHODS, dice_per_class, run_demo
+from masksam.demo import BUNDLES, METHODS, _train, budget_note, dice_per_class, run_demo
 from masksam.transforms import INTENSITY_PRESETS
 
 
@@ -76,3 +76,20 @@ def test_prompted_demo_scores_zero_shot_and_fine_tuned_under_each_protocol(
         assert all(0.0 <= d <= 1.0 for scores in result["protocols"][stage].values() for d in scores)
     assert result["protocols"]["fine_tuned"]["box"] == list(result["dice"].values())
     assert (tmp_path / "out" / "overlay.png").is_file() and (tmp_path / "out" / "training_curves.png").is_file()
+
+
+def test_budget_note_says_how_many_planned_epochs_ran() -> None:
+    result = {"epochs": 120, "planned_epochs": 180, "budget_stopped": True, "time_budget_s": 540.0}
+    assert budget_note(result).startswith("training stopped at the 9-min time budget after 120 of the 180 planned")
+    assert budget_note({**result, "epochs": 180, "budget_stopped": False}) == ""
+
+
+def test_the_time_budget_stops_training_and_says_so(tmp_path: Path) -> None:
+    from masksam.data.synthetic import make_synthetic_dataset
+    from tests.bundles.conftest import TINY_TRAIN_OVERRIDES
+
+    make_synthetic_dataset(tmp_path / "data", num_cases=2, shape=(40, 36, 12), num_classes=3, num_folds=2)
+    overrides = {**TINY_TRAIN_OVERRIDES, "dataset_dir": str(tmp_path / "data"), "bundle_root": str(tmp_path / "run"),
+                 "max_epochs": 3, "val_interval": 4, "use_tensorboard": False}  # fmt: skip
+    history, stopped = _train(BUNDLES / "masksam", overrides, time_budget_s=0.0)
+    assert stopped and len(history["train loss"]) == 1

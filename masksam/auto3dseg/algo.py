@@ -17,6 +17,7 @@ from typing import Any
 from monai.apps.auto3dseg import BundleAlgo
 from monai.bundle import ConfigParser
 
+from masksam.auto3dseg.config import STOCK_ALIASES
 from masksam.auto3dseg.heuristics import (
     datastats_value,
     median_resampled_shape,
@@ -213,6 +214,39 @@ class TemplateAlgo(BundleAlgo):
             settings["val_interval"] = validation_interval(int(overrides["max_epochs"]))
         settings.update(overrides)
         return settings
+
+    def record_training_params(self, train_params: Mapping[str, Any]) -> dict[str, Any]:
+        """Write the training parameters that are settings of the fold's config into ``configs/<config_file>``.
+
+        ``AutoRunner.set_training_params`` reaches the training script as command-line overrides only; written
+        into the fold's config as well (stock names such as ``num_epochs`` mapped by
+        :data:`~masksam.auto3dseg.config.STOCK_ALIASES`), the folder says what was trained, and re-running its
+        ``scripts/train.py`` by hand trains the same. Parameters that are not plain settings of the config
+        (another algorithm's, or sections and expressions) are left out.
+
+        Returns:
+            the settings written, by config key.
+        """
+        config_path = os.path.join(self.output_path, "configs", self.config_file)
+        parser = ConfigParser(globals=False)
+        parser.read_config(config_path)
+        written = {}
+        for key, value in train_params.items():
+            target = STOCK_ALIASES.get(key, key)
+            if _plain(parser, target):
+                parser[target] = deepcopy(value)
+                written[target] = value
+        if written:
+            config = {k: v for k, v in parser.get().items() if k != "_meta_" or v}
+            ConfigParser.export_config_file(config, config_path, fmt="yaml", default_flow_style=None, sort_keys=False)
+            logger.info("%s: training parameters written into %s: %s", self.name, config_path, written)
+        return written
+
+    def train(self, train_params: dict | None = None, device_setting: dict | None = None) -> Any:
+        """``BundleAlgo.train`` after :meth:`record_training_params` (the fold's config keeps what is trained)."""
+        if train_params:
+            self.record_training_params(train_params)
+        return super().train(train_params, device_setting)
 
     def get_score(self, *args: Any, **kwargs: Any) -> float:
         """Best validation mean Dice from ``progress.yaml`` in the algorithm folder's ``ckpt_path``."""

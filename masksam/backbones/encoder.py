@@ -21,6 +21,7 @@ parallel branch (SAM-UNet's CNN) feeds the frozen encoder this way; without inje
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -156,7 +157,7 @@ def _tiny_vit_bias(attn: nn.Module, a: int, b: int) -> torch.Tensor:
     TinyViT indexes its learnt biases by the offset ``(|dy|, |dx|)`` between two positions of the window;
     in the order it enumerates them, offset ``(dy, dx)`` has index ``dy * r + dx``.
     """
-    r = int(round(attn.attention_bias_idxs.shape[0] ** 0.5))
+    r = math.isqrt(len(attn.attention_bias_idxs))  # the window side; len() stays a Python int under torch.jit.trace
     if a == b == r:
         return attn.attention_biases[:, attn.attention_bias_idxs]
     if a > r or b > r:

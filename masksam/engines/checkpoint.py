@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
@@ -28,12 +29,21 @@ logger = logging.getLogger(__name__)
 _NUMBER = re.compile(r"_(\d+)\.pt$")
 
 
+def _numbered(ckpt_dir: str | os.PathLike[str], prefix: str) -> dict[int, str]:
+    """``{n: path}`` of the ``<prefix>_<n>.pt`` files in ``ckpt_dir``."""
+    files = glob.glob(os.path.join(glob.escape(os.fspath(ckpt_dir)), f"{prefix}_*.pt"))
+    found = {}
+    for f in files:
+        match = _NUMBER.search(os.path.basename(f))
+        if match and os.path.basename(f) == f"{prefix}_{match.group(1)}.pt":
+            found[int(match.group(1))] = f
+    return found
+
+
 def latest_checkpoint(ckpt_dir: str | os.PathLike[str], prefix: str = "checkpoint") -> str | None:
     """Newest ``<prefix>_<n>.pt`` in ``ckpt_dir`` by its number (the epoch), or None."""
-    files = [f for f in glob.glob(os.path.join(os.fspath(ckpt_dir), f"{prefix}_*.pt")) if _NUMBER.search(f)]
-    if not files:
-        return None
-    return max(files, key=lambda f: int(_NUMBER.search(f).group(1)))  # type: ignore[union-attr]
+    files = _numbered(ckpt_dir, prefix)
+    return files[max(files)] if files else None
 
 
 class TrainingCheckpointHandler:
@@ -41,7 +51,9 @@ class TrainingCheckpointHandler:
 
     Files are written to a temporary name and renamed (ignite ``DiskSaver(atomic=True)``), so a run killed
     mid-write never leaves a truncated checkpoint. On ``STARTED``, if ``resume`` is set and a checkpoint
-    exists, every object is restored and training continues after the saved epoch.
+    exists, every object is restored and training continues after the saved epoch. After each save, only the
+    newest ``n_saved`` checkpoints up to the saved epoch are kept, those of earlier (interrupted) runs in the
+    folder included; files numbered after the saved epoch (another run's) are left alone.
 
     Args:
         ckpt_dir: folder of the checkpoints (created if needed).
@@ -49,7 +61,7 @@ class TrainingCheckpointHandler:
             trainer (``"trainer"``) and, when AMP is on, its grad scaler (``"scaler"``) are added at attach.
         resume: load the newest checkpoint when training starts.
         save_interval: save every this many epochs.
-        n_saved: how many checkpoints to keep.
+        n_saved: how many checkpoints to keep, across runs (the bundles' ``keep_checkpoints``).
         prefix: file prefix.
     """
 
@@ -82,11 +94,28 @@ class TrainingCheckpointHandler:
             save_handler=DiskSaver(self.ckpt_dir, require_empty=False, atomic=True),
             filename_prefix="",
             filename_pattern=f"{self.prefix}_{{global_step}}.{{ext}}",
-            n_saved=self.n_saved,
+            n_saved=None,  # ignite forgets the files of earlier runs: self.prune keeps the newest n_saved of all
             global_step_transform=lambda eng, _: eng.state.epoch,
         )
         engine.add_event_handler(Events.STARTED, self.load)
-        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.checkpoint)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+
+    def save(self, engine: Engine) -> None:
+        """Write this epoch's checkpoint, then :meth:`prune` (on rank 0 only, where ignite's ``DiskSaver`` writes)."""
+        self.checkpoint(engine)
+        if idist.get_rank() == 0:
+            self.prune(engine.state.epoch)
+
+    def prune(self, epoch: int) -> list[str]:
+        """Delete all but the newest ``n_saved`` checkpoints numbered up to ``epoch``; return the deleted paths."""
+        files = _numbered(self.ckpt_dir, self.prefix)
+        older = sorted(n for n in files if n <= epoch)
+        removed = [files[n] for n in older[: max(0, len(older) - self.n_saved)]]
+        for path in removed:
+            os.remove(path)
+        if removed:
+            logger.info("removed %d older checkpoint(s) (keeping %d): %s", len(removed), self.n_saved, removed)
+        return removed
 
     def load(self, engine: Engine) -> None:
         """Restore the newest checkpoint, if resuming and one exists."""

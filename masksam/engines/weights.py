@@ -156,6 +156,7 @@ class ModelWeightsLoader(CheckpointLoader):
         network: the module to load into.
         map_location: kept for the ``CheckpointLoader`` signature (the weights go to the network's device).
         name: logger name.
+        path_setting: the config key that sets ``load_path``, named in the error for a missing file.
     """
 
     def __init__(
@@ -164,17 +165,36 @@ class ModelWeightsLoader(CheckpointLoader):
         network: nn.Module,
         map_location: str | torch.device | dict | None = None,
         name: str | None = None,
+        path_setting: str = "ckpt_path",
     ) -> None:
         super().__init__(
             load_path=os.fspath(load_path), load_dict={"model": network}, map_location=map_location, name=name
         )
         self.network = network
+        self.path_setting = path_setting
+
+    def _missing_message(self) -> str:
+        """What to do when ``load_path`` does not exist: the last training checkpoint beside it, if there is one."""
+        from masksam.engines.checkpoint import latest_checkpoint  # checkpoint.py imports this module
+
+        message = f"model weights not found: {self.load_path!r}."
+        folder = os.path.dirname(self.load_path) or "."
+        last = latest_checkpoint(folder) if os.path.isdir(folder) else None
+        if os.path.basename(self.load_path) == "model.pt":
+            message += (
+                " model.pt is written by validation during training (the weights of the best val_mean_dice, every"
+                " val_interval epochs), so a run that trained but never validated has none."
+            )
+        if last is not None:
+            return message + (
+                f" The last training checkpoint there is {last}: use it with --{self.path_setting} {last}"
+                " (or train until a validation has run)."
+            )
+        return message + f" Train the bundle first, or set --{self.path_setting} to the weights file."
 
     def __call__(self, engine: Engine) -> None:
         if not os.path.isfile(self.load_path):
-            raise CheckpointError(
-                f"model weights not found: {self.load_path!r} (train the bundle first, or point the config at them)"
-            )
+            raise CheckpointError(self._missing_message())
         state = read_state_dict(self.load_path)  # a plain state dict, or the one under "model"
         load_network_weights(self.network, state, repr(self.load_path))
         logger.info("loaded %d tensors from %s", len(state), self.load_path)

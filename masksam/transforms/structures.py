@@ -11,6 +11,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, SaveImage
 
+from masksam.engines.folder_inference import NewFilesLayout
+
 __all__ = ["SaveStructuresd"]
 
 
@@ -20,6 +22,8 @@ class SaveStructuresd(MapTransform):
     Channel ``m`` becomes ``<name>_structure<v>_<postfix>.nii.gz`` (``v``: the structure's value from
     ``structures_key``, e.g. the ``label`` of its prompt file; else ``m + 1``) holding ``v`` inside the structure and 0
     elsewhere, written by MONAI's ``SaveImage`` with the mask's meta data (so after ``Invertd``, in the input's grid).
+    An existing file is never replaced: :class:`~masksam.engines.OutputExistsError` (folder inference then reports
+    the case as skipped).
 
     Args:
         keys: the mask key(s).
@@ -53,13 +57,14 @@ class SaveStructuresd(MapTransform):
                     f"'{key}' has {mask.shape[0]} structures but '{self.structures_key}' names {len(values)}"
                 )
             for m, value in enumerate(values):
-                saver = SaveImage(
+                layout = NewFilesLayout(
                     output_dir=self.output_dir,
-                    output_postfix=f"structure{value}_{self.output_postfix}",
-                    output_dtype=self.output_dtype,
-                    resample=False,
-                    separate_folder=False,
+                    postfix=f"structure{value}_{self.output_postfix}",
+                    extension=".nii.gz",
+                    parent=False,
+                    makedirs=True,
                     data_root_dir=self.data_root_dir,
                 )
+                saver = SaveImage(output_dtype=self.output_dtype, resample=False, folder_layout=layout)
                 saver((mask[m : m + 1] > 0).to(torch.uint8) * value)
         return d

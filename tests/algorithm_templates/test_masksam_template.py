@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from monai.apps.auto3dseg import AutoRunner, BundleGen, import_bundle_algo_history
+from monai.apps.auto3dseg import AutoRunner, BundleAlgo, BundleGen, import_bundle_algo_history
 from monai.utils.enums import AlgoKeys
 
 from masksam.auto3dseg import MasksamAlgo, TemplateInferer, masksam_algo_entry, template_dir
@@ -93,7 +93,7 @@ def test_autorunner_trains_both_folds_and_ensembles_in_the_input_geometry(work_d
         assert config["fold"] == fold and config["num_classes"] == 3 and config["num_queries"] == 7
         assert config["ct_window"] == [fg["percentile_00_5"], fg["percentile_99_5"]]
         assert config["backbone"] == "tiny" and config["val_overlap"] == 0.25
-        assert config["max_epochs"] == 3 and config["val_interval"] == 1, "the interval follows max_epochs"
+        assert config["max_epochs"] == 1 and config["val_interval"] == 1, "AutoRunner's num_epochs, written"
         assert config["datalist"] == str(work_dir / "dataset.json")
         assert sorted(p.name for p in (algo / "model").glob("checkpoint_*.pt")) == ["checkpoint_1.pt"], (
             "num_epochs=1 (stock name) overrides max_epochs=3; an unknown key is tolerated"
@@ -273,6 +273,19 @@ def test_max_epochs_from_input_sets_the_validation_interval(tmp_path: Path) -> N
     stats_file, input_file = write_inputs(tmp_path, CT_STATS, "CT", masksam={"max_epochs": 100})
     _, config = generate(MasksamAlgo, "masksam", tmp_path, stats_file, input_file)
     assert config["max_epochs"] == 100 and config["val_interval"] == 5
+
+
+def test_training_params_are_written_into_the_folds_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AutoRunner's num_epochs reaches train.py on its command line; the fold's config must say it too."""
+    stats_file, input_file = write_inputs(tmp_path, CT_STATS, "CT", masksam={"max_epochs": 100})
+    algo, _ = generate(MasksamAlgo, "masksam", tmp_path, stats_file, input_file)
+    launched = []
+    monkeypatch.setattr(BundleAlgo, "train", lambda self, params=None, device=None: launched.append(params))
+    algo.train({"num_epochs": 2, "num_epochs_per_validation": 1, "num_crops_per_image": 2, "network_def": 1})
+    config = read_yaml(tmp_path / "masksam_1" / "configs" / "hyper_parameters.yaml")
+    assert config["max_epochs"] == 2 and config["val_interval"] == 1
+    assert "num_crops_per_image" not in config and isinstance(config["network_def"], dict), "only plain settings"
+    assert launched == [{"num_epochs": 2, "num_epochs_per_validation": 1, "num_crops_per_image": 2, "network_def": 1}]
 
 
 def test_fill_template_config_on_mri_statistics_with_input_overrides(tmp_path: Path) -> None:

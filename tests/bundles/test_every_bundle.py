@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,13 +55,21 @@ def test_required_properties(
 
 @pytest.mark.parametrize("name", sorted(TINY_BUNDLES))
 def test_multi_gpu_config_runs_ddp_with_gloo(tmp_path: Path, synthetic_dataset: Path, name: str) -> None:
+    """Two ranks, and a validation list of one case: fewer than the ranks (each rank validates it)."""
+    data = json.loads((synthetic_dataset / "dataset.json").read_text())
+    datalist = tmp_path / "one_validation_case.json"
+    datalist.write_text(json.dumps({"training": data["training"], "validation": data["training"][:1]}))
     bundle = copy_bundle(name, tmp_path)
     proc = run_bundle(
         bundle, "run", "--config_file", "['configs/train.yaml','configs/multi_gpu_train.yaml']",
-        "--dataset_dir", str(synthetic_dataset), "--max_epochs", "1", *TINY_BUNDLES[name].train, torchrun=2,
+        "--dataset_dir", str(synthetic_dataset), "--datalist", str(datalist), "--max_epochs", "1",
+        *TINY_BUNDLES[name].train, torchrun=2,
     )  # fmt: skip
-    assert (proc.stdout + proc.stderr).count("training from scratch") == 2, "both ranks start the trainer"
+    output = proc.stdout + proc.stderr
+    assert output.count("training from scratch") == 2, "both ranks start the trainer"
+    assert "the validation list has 1 case(s) for 2 ranks" in output
     assert (bundle / "models" / "checkpoint_1.pt").exists()
+    assert (bundle / "models" / "model.pt").exists(), "validation ran and saved the best model"
 
 
 @pytest.mark.parametrize("name", sorted(TINY_BUNDLES))

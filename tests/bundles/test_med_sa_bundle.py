@@ -111,6 +111,8 @@ def test_a_prompt_outside_its_image_stops_inference_with_the_file_and_prompt(
     assert re.search(
         rf"{re.escape(str(bad))}: \$\.points\[0\]: voxel coordinate \(20.0, 18.0, 60.0\) is outside", proc.stderr
     )
+    failed = (tmp_path / "out" / "failed_cases.csv").read_text()
+    assert source.name in failed and "is outside the image" in failed, "the case is reported beside the outputs"
     (images / bad.name).unlink()
     proc = subprocess.run(cmd, cwd=trained, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "have no prompt file" in proc.stderr and bad.name in proc.stderr

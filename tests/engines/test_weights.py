@@ -101,8 +101,22 @@ def test_another_network_is_named(saved: tuple[nn.Module, Path], tmp_path: Path)
     _, path = saved
     with pytest.raises(CheckpointError, match=r"keys of the model are not in the checkpoint .*check --backbone"):
         run_loader(path, nn.Sequential(nn.Linear(2, 2)))
-    with pytest.raises(CheckpointError, match=r"model weights not found: .*nowhere\.pt.*train the bundle first"):
+    with pytest.raises(CheckpointError, match=r"model weights not found: .*nowhere\.pt.*Train the bundle first"):
         run_loader(tmp_path / "nowhere.pt", tiny())
+
+
+def test_missing_model_pt_points_at_the_last_training_checkpoint(saved: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    """A run that trained but never validated has checkpoints and no model.pt: say why, and how to use them."""
+    model, _ = saved
+    for epoch in (2, 10):
+        torch.save({"model": model.state_dict()}, tmp_path / f"checkpoint_{epoch}.pt")
+    with pytest.raises(CheckpointError) as info:
+        ModelWeightsLoader(tmp_path / "model.pt", tiny(), path_setting="model_path")(Engine(lambda e, b: None))
+    message = str(info.value)
+    assert "model.pt is written by validation during training" in message
+    last = tmp_path / "checkpoint_10.pt"
+    assert f"The last training checkpoint there is {last}: use it with --model_path {last}" in message
+    ModelWeightsLoader(last, tiny())(Engine(lambda e, b: None))  # and that works
 
 
 def test_check_state_dict_accepts_a_matching_state() -> None:
