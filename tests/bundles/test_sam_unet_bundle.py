@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
+from monai.data import list_data_collate
 
 from masksam.inferers import PromptedVolumePredictor
 from masksam.networks.med_sa import NO_PROMPT_LOGIT
@@ -83,6 +84,21 @@ def test_training_samples_are_single_slices_each_with_a_jittered_box_of_one_stru
             tight = torch.stack([ii.min(), jj.min(), ii.max(), jj.max()]).float()
             moves.append((sample["prompt_coords"].reshape(4) - tight).abs().max())
     assert 0 < max(moves) <= 5.0, "boxes are jittered, by at most box_noise_max voxels"
+
+
+def test_every_trainable_parameter_gets_a_gradient_from_a_box_prompted_step(
+    tmp_path: Path, synthetic_dataset: Path
+) -> None:
+    """DDP without unused-parameter search (multi_gpu_train.yaml) fails from the second step otherwise."""
+    bundle = copy_bundle("sam_unet", tmp_path)
+    parser = _workflow(bundle, "train.yaml", "train", dataset_dir=str(synthetic_dataset), **TINY.train_overrides).parser
+    net, loss = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
+    item = parser.get_parsed_content("train#dataset").data[0]
+    batch = list_data_collate([parser.get_parsed_content("train#preprocessing")(item)])
+    inputs, target, args, kwargs = parser.get_parsed_content("train#prepare_batch")(batch, torch.device("cpu"))
+    loss(parser.get_parsed_content("train#inferer")(inputs, net, *args, **kwargs), target).backward()
+    trainable = [name for name, p in net.named_parameters() if p.requires_grad]
+    assert trainable and [name for name, p in net.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 def test_evaluation_names_the_box_protocol_in_its_csv(trained: Path, synthetic_dataset: Path) -> None:
