@@ -85,6 +85,22 @@ MED_SA_TINY_META = {
     "outputs.pred": {"spatial_shape": [32, 32, 2]},
 }
 
+#: Tiny SAM-UNet: single 32x32 slices (the bundle's num_slices 1), ResNet-34 branch.
+SAM_UNET_TINY_MODEL = ["--backbone", "tiny", "--patch_size", "32", "--spacing", "[1.0,1.0,2.0]", "--sw_batch_size", "4"]
+SAM_UNET_TINY_TRAIN = SAM_UNET_TINY_MODEL + [
+    "--num_classes", "3", "--batch_size", "1", "--cache_rate", "0", "--num_workers", "0", "--num_samples", "2",
+    "--val_interval", "1", "--progress_bar", "False",
+]  # fmt: skip
+SAM_UNET_TINY_OVERRIDES = {"backbone": "tiny", "patch_size": 32, "spacing": [1.0, 1.0, 2.0], "sw_batch_size": 4}
+SAM_UNET_TINY_TRAIN_OVERRIDES = {
+    **SAM_UNET_TINY_OVERRIDES, "num_classes": 3, "batch_size": 1, "cache_rate": 0.0, "num_workers": 0,
+    "num_samples": 2, "val_interval": 1, "progress_bar": False,
+}  # fmt: skip
+SAM_UNET_TINY_META = {
+    "inputs.image": {"spatial_shape": [32, 32, 1]},
+    "outputs.pred": {"spatial_shape": [32, 32, 1]},
+}
+
 #: Prompts written beside each synthetic test image (the prompted bundles' inference input): a 3D box of class 1 of
 #: the synthetic label, and one click (voxel coordinates of the loaded image; world coordinates are tested apart).
 SYNTHETIC_PROMPTS = [{"boxes": [[4, 4, 1, 30, 28, 10]], "label": 1}, {"points": [[20, 18, 6]], "point_labels": [1]}]
@@ -120,6 +136,14 @@ TINY_BUNDLES = {
         MED_SA_TINY_TRAIN_OVERRIDES,
         MED_SA_TINY_META,
         "build_med_sa",
+    ),
+    "sam_unet": TinyBundle(
+        SAM_UNET_TINY_MODEL,
+        SAM_UNET_TINY_TRAIN,
+        SAM_UNET_TINY_OVERRIDES,
+        SAM_UNET_TINY_TRAIN_OVERRIDES,
+        SAM_UNET_TINY_META,
+        "build_sam_unet",
     ),
 }
 

@@ -39,6 +39,8 @@ METHOD_KEYS = {
         "validate#preprocessing", "validate#prompt_transforms", "validate#prepare_batch", "validate#evaluator",
         # the per-case CSV rows of evaluate.yaml (the prompted bundles add the protocol)
         "metrics_batch_transform",
+        # SAM-UNet (2D slices, a ResNet branch, box prompts, epoch milestones)
+        "cnn", "cnn_checkpoint", "train_prompt_encoder", "lr_milestones", "sw_batch_size",
     },
     "inference.yaml": {
         "dataset_dir", "backbone", "num_classes", "patch_size", "num_slices", "roi_size", "spacing", "ct_window",
@@ -50,6 +52,8 @@ METHOD_KEYS = {
         "adapter_ratio", "depth_attention", "hyper_hidden_dim", "train_decoder", "num_points", "modality",
         "in_channels", "preprocessing", "load_transforms", "model_space_transforms", "dataset", "prepare_batch",
         "postprocessing", "evaluator", "save_probabilities",
+        # SAM-UNet: one slice per stack, a ResNet branch
+        "cnn", "train_prompt_encoder", "sw_batch_size",
     },
 }  # fmt: skip
 
