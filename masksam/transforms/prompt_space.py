@@ -289,7 +289,14 @@ class SlicePromptsd(MapTransform):
         if isinstance(per_structure, list):  # several structures: (M, D, P, 2) and (M, D, P)
             d[self.coords_key] = torch.stack([c for c, _ in per_structure])
             d[self.labels_key] = torch.stack([lab for _, lab in per_structure])
-            d[self.structures_key] = [p.get("label") or m + 1 for m, p in enumerate(prompts)]
+            values = [p.get("label") or m + 1 for m, p in enumerate(prompts)]
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise PromptError(
+                    f"{source}: structures {[m for m, v in enumerate(values) if v in twice]} would all be written as "
+                    f"label {twice[0]} (a structure without a 'label' takes its position, from 1): give each its own"
+                )
+            d[self.structures_key] = values
         else:
             d[self.coords_key], d[self.labels_key] = per_structure
             d[self.structures_key] = [prompts.get("label") or 1]

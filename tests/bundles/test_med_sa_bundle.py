@@ -56,12 +56,12 @@ def _network(bundle: Path) -> torch.nn.Module:
 def test_evaluation_names_the_prompt_protocol_in_its_csv(trained: Path, synthetic_dataset: Path) -> None:
     run_bundle(
         trained, "run", "evaluating", "--config_file", "['configs/train.yaml','configs/evaluate.yaml']",
-        "--dataset_dir", str(synthetic_dataset), *TINY.train, "--prompt_protocol", "1 click",
+        "--dataset_dir", str(synthetic_dataset), *TINY.train, "--prompt_protocol", "box, jitter 0.5",
     )  # fmt: skip
     with open(trained / "eval" / "val_mean_dice_raw.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["filename", "class0", "class1", "mean"]  # every structure of the labels, prompted
-    assert len(rows) > 1 and all(row[0].endswith(".nii.gz [1 click]") for row in rows[1:])
+    assert len(rows) > 1 and all(len(row) == 4 and row[0].endswith(".nii.gz [box jitter 0.5]") for row in rows[1:])
 
 
 def test_inference_writes_one_label_map_per_prompted_structure_in_the_input_grid(

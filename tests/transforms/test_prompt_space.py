@@ -180,6 +180,10 @@ def test_a_file_of_several_structures_gives_stacked_per_slice_prompts(tmp_path: 
         used = out["prompt_labels"][m, d] >= 1  # the click, or the box's two corners: their centre
         i, j = out["prompt_coords"][m, d][used].mean(0).round().long().tolist()
         assert out["label"][0, i, j, d] == value
+    clash = [{"boxes": [BOX], "label": 2}, {"points": [POINTS[1]], "point_labels": [1]}]  # the second defaults to 2
+    Path(case["prompts"]).write_text(json.dumps(clash))
+    with pytest.raises(PromptError, match=r"structures \[0, 1\] would all be written as label 2"):
+        SlicePromptsd("prompts", num_points=2)(pipeline()(case))
     structures[1]["points"] = [[99, 0, 0]]
     Path(case["prompts"]).write_text(json.dumps(structures))
     loaded = Compose(pipeline().transforms[:2])(case)  # MONAI's Compose would wrap the error: call the transform
