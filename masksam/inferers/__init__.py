@@ -6,13 +6,16 @@
   (B, K, H, W, D)`` network for MONAI's ``SlidingWindowInferer``, ``DiceMetric`` and post-transforms);
 - semantic logits of T-slice stacks (MA-SAM) -> class probabilities of whole volumes:
   :mod:`~masksam.inferers.slice_window` (:class:`SliceWindowInferer`, a MONAI ``Inferer``);
+- mirroring test-time augmentation around any of them (nnU-Net's): :mod:`~masksam.inferers.mirror`
+  (:class:`MirroredInferer`);
 - prompt-driven binary masks (Med-SA, SAM-UNet: one mask per prompt, with an interactive predictor that
   encodes a volume once) come with those methods.
 """
 
 from __future__ import annotations
 
+from masksam.inferers.mirror import MirroredInferer, mirror_combinations
 from masksam.inferers.semantic import SemanticWrapper, semantic_scores
 from masksam.inferers.slice_window import SliceWindowInferer
 
-__all__ = ["SemanticWrapper", "SliceWindowInferer", "semantic_scores"]
+__all__ = ["MirroredInferer", "SemanticWrapper", "SliceWindowInferer", "mirror_combinations", "semantic_scores"]
