@@ -5,7 +5,12 @@ name the file, key and value."""
 from __future__ import annotations
 
 from masksam.transforms.checks import Problem, Volume, check_volumes, format_problems
-from masksam.transforms.presets import INTENSITY_PRESETS, intensity_transform, load_transforms
+from masksam.transforms.presets import (
+    INTENSITY_PRESETS,
+    foreground_intensity_stats,
+    intensity_transform,
+    load_transforms,
+)
 from masksam.transforms.prompts import PROMPT_SCHEMA, LoadPromptsd, PromptError, Prompts, read_prompts, validate_prompts
 from masksam.transforms.validation import CheckedLoadImaged, ValidateInputd
 
@@ -20,6 +25,7 @@ __all__ = [
     "ValidateInputd",
     "Volume",
     "check_volumes",
+    "foreground_intensity_stats",
     "format_problems",
     "intensity_transform",
     "load_transforms",
