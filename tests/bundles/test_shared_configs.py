@@ -23,10 +23,10 @@ METHOD_KEYS = {
         "dataset_dir", "seed", "backbone", "num_classes", "patch_size", "num_slices", "roi_size", "modality",
         "spacing", "ct_window", "batch_size", "num_samples", "rotate90_prob", "val_overlap", "max_epochs",
         "learning_rate", "weight_decay", "network_def", "trained_network", "loss", "optimizer", "lr_scheduler",
-        "train#crop_transforms", "train#handlers", "validate#inferer",
+        "train#crop_transforms", "train#handlers", "validate#inferer", "iterations_per_epoch", "mirror_tta",
         # MaskSAM
         "num_queries", "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels",
-        "query_chunk_size",
+        "query_chunk_size", "grad_clip_norm", "num_points",
         # MA-SAM
         "fact_rank", "fact_dropout", "adapter_dim", "flip_prob", "rotate_prob", "intensity_prob", "augment_ops",
         "slice_stride",
@@ -34,7 +34,7 @@ METHOD_KEYS = {
     },
     "inference.yaml": {
         "dataset_dir", "backbone", "num_classes", "patch_size", "num_slices", "roi_size", "spacing", "ct_window",
-        "overlap", "network_def", "inferer",
+        "overlap", "network_def", "inferer", "mirror_tta",
         "num_queries", "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels",
         "query_chunk_size",
         "fact_rank", "fact_dropout", "adapter_dim", "slice_stride",
