@@ -10,12 +10,18 @@ from monai.engines import SupervisedTrainer
 from masksam.engines import GradientClipHandler
 
 
-def one_step(max_norm: float | None, scale: float = 100.0, iterations: int = 1, accumulation_steps: int = 1):
+def one_step(
+    max_norm: float | None,
+    scale: float = 100.0,
+    iterations: int = 1,
+    accumulation_steps: int = 1,
+    data: list[dict[str, torch.Tensor]] | None = None,
+) -> torch.Tensor:
     """Train a zero-initialised linear layer with SGD (lr 1) on targets ``scale`` away for ``iterations`` steps."""
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 1, bias=False)
     torch.nn.init.zeros_(net.weight)
-    data = [{"image": torch.ones(1, 4), "label": torch.full((1, 1), scale)}] * iterations
+    data = data or [{"image": torch.ones(1, 4), "label": torch.full((1, 1), scale)}] * iterations
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
@@ -43,8 +49,14 @@ def test_small_gradients_are_left_alone() -> None:
 
 
 def test_with_accumulation_it_clips_the_summed_gradient_once() -> None:
-    weight = one_step(12.0, iterations=2, accumulation_steps=2)
-    torch.testing.assert_close(weight.norm(), torch.tensor(12.0))
+    """Two accumulated steps pulling along different weights: only their sum is clipped (not the first alone)."""
+    data = [
+        {"image": torch.tensor([[1.0, 0.0, 0.0, 0.0]]), "label": torch.full((1, 1), 100.0)},
+        {"image": torch.tensor([[0.0, 1.0, 0.0, 0.0]]), "label": torch.full((1, 1), 1.0)},
+    ]
+    weight = one_step(12.0, accumulation_steps=2, data=data)
+    summed = torch.tensor([[100.0, 1.0, 0.0, 0.0]])  # -(sum of the two halved MSE gradients)
+    torch.testing.assert_close(weight, 12.0 * summed / summed.norm())
 
 
 def test_amp_gradients_are_unscaled_before_clipping() -> None:
