@@ -63,8 +63,8 @@ def demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: i
         # that its printed figures stay those of this recipe. Mirroring would also swap the left and right nuclei.
         "flip_prob": 0.0,
         "mirror_tta": False,
-        "iterations_per_epoch": None,
-        "grad_clip_norm": None,
+        "iterations_per_epoch": 0,
+        "grad_clip_norm": 0,
         "num_points": 12544,
         "num_workers": 0,
         "cache_rate": 1.0,
