@@ -70,6 +70,14 @@ def demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: i
         # No 90-degree rotations: the brain is near-symmetric, and a 180-degree turn shows a left nucleus where
         # the right one was under its own label (with them the fit kept one side and lost the other).
         "rotate90_prob": 0.0,
+        # The demo's recipe predates the bundle's research-code defaults (nnU-Net's mirroring in training and
+        # test-time augmentation, 250 iterations per epoch, clipping at 12, half a patch's pixels as points): kept so
+        # that its printed figures stay those of this recipe. Mirroring would also swap the left and right nuclei.
+        "flip_prob": 0.0,
+        "mirror_tta": False,
+        "iterations_per_epoch": 0,
+        "grad_clip_norm": 0,
+        "num_points": 12544,
         "num_workers": 0,
         "cache_rate": 1.0,
         "learning_rate": 0.003,
@@ -206,6 +214,7 @@ METHODS = {
             "decoder_adapter_dim",
             "generator_widths",
             "mask_head_channels",
+            "mirror_tta",
         ),  # fmt: skip
         {"overlap": list(INFER_OVERLAP)},
     ),

@@ -9,8 +9,9 @@
   imported only when used).
 - :mod:`~masksam.auto3dseg.registration`: template folder and ``algos`` entries (:func:`algo_entry`,
   :func:`masksam_algo_entry`).
-- :mod:`~masksam.auto3dseg.config`, :mod:`~masksam.auto3dseg.workflows`, :mod:`~masksam.auto3dseg.inference`,
-  :mod:`~masksam.auto3dseg.progress`: what the templates' ``train.py``, ``validate.py`` and ``infer.py`` run.
+- :mod:`~masksam.auto3dseg.config`, :mod:`~masksam.auto3dseg.workflows`,
+  :mod:`~masksam.auto3dseg.inference`, :mod:`~masksam.auto3dseg.progress`: what the templates' ``train.py``,
+  ``validate.py`` and ``infer.py`` run.
 """
 
 from __future__ import annotations

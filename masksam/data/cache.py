@@ -48,13 +48,15 @@ class CommandError(RuntimeError):
     """
 
     def __init__(self, cmd: Sequence[str], returncode: int, stderr: str, tail_lines: int = 20) -> None:
+        super().__init__(cmd, returncode, stderr, tail_lines)  # all arguments: pickle and copy rebuild the error
         self.cmd = list(cmd)
         self.returncode = returncode
         self.stderr = stderr
-        tail = "\n".join(stderr.strip().splitlines()[-tail_lines:]) or "<no stderr output>"
-        super().__init__(
-            f"command failed with exit code {returncode}: {' '.join(self.cmd)}\n--- last lines of stderr ---\n{tail}"
-        )
+        self.tail_lines = tail_lines
+
+    def __str__(self) -> str:
+        tail = "\n".join(self.stderr.strip().splitlines()[-self.tail_lines :]) or "<no stderr output>"
+        return f"command failed with exit code {self.returncode}: {' '.join(self.cmd)}\n--- last lines of stderr ---\n{tail}"
 
 
 def default_cache_dir() -> Path:
@@ -104,7 +106,7 @@ def require_executable(name: str, hint: str) -> str:
     """
     found = shutil.which(name)
     if found is None:
-        raise FetchError(f"'{name}' was not found on PATH. {hint}")
+        raise FetchError(f"{name!r} was not found on PATH. {hint}")
     return found
 
 
@@ -131,7 +133,7 @@ def run_command(
     try:
         proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as err:
-        raise FileNotFoundError(f"cannot run {' '.join(args)}: program '{args[0]}' not found") from err
+        raise FileNotFoundError(f"cannot run {' '.join(args)}: program {args[0]!r} not found") from err
     if proc.returncode != 0:
         # some tools (pip) print the actual reason on stdout
         raise CommandError(args, proc.returncode, proc.stderr or proc.stdout, tail_lines=tail_lines)

@@ -5,7 +5,12 @@ name the file, key and value, prompt mapping to model space, prompt simulation a
 from __future__ import annotations
 
 from masksam.transforms.checks import Problem, Volume, check_volumes, format_problems
-from masksam.transforms.presets import INTENSITY_PRESETS, intensity_transform, load_transforms
+from masksam.transforms.presets import (
+    INTENSITY_PRESETS,
+    foreground_intensity_stats,
+    intensity_transform,
+    load_transforms,
+)
 from masksam.transforms.prompt_protocols import (
     PROMPT_PROTOCOLS,
     PromptProtocold,
@@ -66,6 +71,7 @@ __all__ = [
     "click_prompts",
     "empty_slice_prompts",
     "error_region_clicks",
+    "foreground_intensity_stats",
     "format_problems",
     "intensity_transform",
     "jitter_boxes",

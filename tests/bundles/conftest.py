@@ -22,6 +22,7 @@ TINY_MODEL = [
 ]  # fmt: skip
 TINY_TRAIN = TINY_MODEL + [
     "--cache_rate", "0", "--num_workers", "0", "--num_samples", "1", "--val_interval", "1", "--progress_bar", "False",
+    "--iterations_per_epoch", "0",
 ]  # fmt: skip
 
 
@@ -32,6 +33,7 @@ TINY_OVERRIDES = {
 }  # fmt: skip
 TINY_TRAIN_OVERRIDES = {
     **TINY_OVERRIDES, "cache_rate": 0.0, "num_workers": 0, "num_samples": 1, "val_interval": 1, "progress_bar": False,
+    "iterations_per_epoch": 0,
 }  # fmt: skip
 
 

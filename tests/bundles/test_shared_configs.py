@@ -23,16 +23,16 @@ METHOD_KEYS = {
         "dataset_dir", "seed", "backbone", "num_classes", "patch_size", "num_slices", "roi_size", "modality",
         "spacing", "ct_window", "batch_size", "num_samples", "rotate90_prob", "val_overlap", "max_epochs",
         "learning_rate", "weight_decay", "network_def", "trained_network", "loss", "optimizer", "lr_scheduler",
-        "train#crop_transforms", "train#handlers", "validate#inferer",
+        "train#crop_transforms", "train#handlers", "validate#inferer", "iterations_per_epoch", "mirror_tta",
         # MaskSAM
         "num_queries", "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels",
-        "query_chunk_size",
+        "query_chunk_size", "grad_clip_norm", "num_points",
         # MA-SAM
         "fact_rank", "fact_dropout", "adapter_dim", "flip_prob", "rotate_prob", "intensity_prob", "augment_ops",
         "slice_stride",
         "warmup_iterations", "lr_power",
         # Med-SA (prompted: prompts simulated in training, a named protocol in validation, extra batch keys)
-        "adapter_ratio", "depth_attention", "hyper_hidden_dim", "train_decoder", "num_points", "num_positive",
+        "adapter_ratio", "depth_attention", "hyper_hidden_dim", "train_decoder", "num_positive",
         "num_negative", "box_prob", "box_noise_fraction", "box_noise_max", "correction_clicks", "prompt_protocol",
         "prompt_seed", "val_num_points", "lr_step_epochs", "lr_gamma", "model_space_transforms",
         "pos_neg_ratio", "train#stack_transforms", "train#inferer", "train#prepare_batch", "train#trainer",
@@ -44,14 +44,14 @@ METHOD_KEYS = {
     },
     "inference.yaml": {
         "dataset_dir", "backbone", "num_classes", "patch_size", "num_slices", "roi_size", "spacing", "ct_window",
-        "overlap", "network_def", "inferer",
+        "overlap", "network_def", "inferer", "mirror_tta",
         "num_queries", "encoder_adapter_dim", "decoder_adapter_dim", "generator_widths", "mask_head_channels",
         "query_chunk_size",
         "fact_rank", "fact_dropout", "adapter_dim", "slice_stride",
         # Med-SA: prompts from a file beside each image, one label map per structure
         "adapter_ratio", "depth_attention", "hyper_hidden_dim", "train_decoder", "num_points", "modality",
         "in_channels", "preprocessing", "load_transforms", "model_space_transforms", "dataset", "prepare_batch",
-        "postprocessing", "evaluator", "save_probabilities",
+        "postprocessing", "evaluator", "save_probabilities", "mirror_axes",
         # SAM-UNet: one slice per stack, a ResNet branch
         "cnn", "train_prompt_encoder", "sw_batch_size",
     },

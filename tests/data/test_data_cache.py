@@ -1,6 +1,8 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
 from __future__ import annotations
 
+import copy
+import pickle
 import sys
 from pathlib import Path
 
@@ -41,6 +43,14 @@ def test_run_command_error_has_command_code_and_stderr_tail() -> None:
     assert "exit code 3" in message and sys.executable in message
     assert "line 49" in message and "line 45" in message and "line 44" not in message
     assert info.value.returncode == 3 and "line 0" in info.value.stderr
+
+
+def test_command_error_survives_pickle_and_copy() -> None:
+    """Errors cross process boundaries (worker processes pickle them): the message and attributes survive."""
+    error = CommandError(["prog", "--flag"], 3, "first\nlast", tail_lines=1)
+    for clone in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert str(clone) == str(error) and "last" in str(clone) and "first" not in str(clone)
+        assert clone.cmd == ["prog", "--flag"] and clone.returncode == 3 and clone.stderr == "first\nlast"
 
 
 def test_run_command_success_and_missing_program() -> None:

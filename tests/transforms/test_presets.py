@@ -9,7 +9,7 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from masksam.transforms import intensity_transform, load_transforms
+from masksam.transforms import foreground_intensity_stats, intensity_transform, load_transforms
 
 
 @pytest.fixture
@@ -44,3 +44,39 @@ def test_ct_window_scales_to_unit_range(case: dict[str, str]) -> None:
 def test_unknown_modality_is_named() -> None:
     with pytest.raises(ValueError, match="unknown modality 'pet'"):
         intensity_transform("pet")
+
+
+def test_ct_zscore_clips_to_the_window_then_standardises(case: dict[str, str]) -> None:
+    transforms = load_transforms(
+        spacing=None, modality="ct_zscore", ct_window=(-100.0, 300.0), ct_mean_std=(50.0, 80.0)
+    )
+    out = Compose(transforms)(case)["image"][0].numpy()
+    raw = np.asarray(nib.load(case["image"]).dataobj)
+    np.testing.assert_allclose(out, (np.clip(raw, -100.0, 300.0) - 50.0) / 80.0, atol=1e-5)
+
+
+def test_ct_zscore_without_mean_and_std_names_the_setting_and_the_command() -> None:
+    for bad in (None, [0.0, 0.0], [1.0]):
+        with pytest.raises(ValueError, match="ct_mean_std.*intensity_stats"):
+            intensity_transform("ct_zscore", ct_mean_std=bad)
+
+
+def test_foreground_stats_pool_the_labelled_voxels(tmp_path: Path) -> None:
+    items = []
+    for i, (lo, hi) in enumerate([(-100.0, 100.0), (200.0, 400.0)]):
+        image = np.full((8, 8, 4), -1000.0, dtype=np.float32)  # background far outside the foreground range
+        label = np.zeros((8, 8, 4), dtype=np.uint8)
+        image[:4] = np.linspace(lo, hi, 4 * 8 * 4, dtype=np.float32).reshape(4, 8, 4)
+        label[:4] = 2
+        for name, array in (("image", image), ("label", label)):
+            nib.save(nib.Nifti1Image(array, np.eye(4)), tmp_path / f"{name}{i}.nii.gz")
+        items.append({"image": str(tmp_path / f"image{i}.nii.gz"), "label": str(tmp_path / f"label{i}.nii.gz")})
+    stats = foreground_intensity_stats(items, samples_per_case=20000)
+    lower, upper = stats["ct_window"]
+    mean, std = stats["ct_mean_std"]
+    assert -100.0 <= lower < -90.0 and 390.0 < upper <= 400.0  # background (-1000) never sampled
+    assert abs(mean - 150.0) < 5.0 and abs(std - np.sqrt(150.0**2 + 200.0**2 / 12)) < 5.0
+    assert foreground_intensity_stats(items, samples_per_case=20000) == stats  # seeded
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), dtype=np.uint8), np.eye(4)), tmp_path / "empty.nii.gz")
+    with pytest.raises(ValueError, match="no foreground"):
+        foreground_intensity_stats([{"image": items[0]["image"], "label": str(tmp_path / "empty.nii.gz")}])
