@@ -4,7 +4,8 @@
 Shared: :mod:`~masksam.networks.mask_decoder` (SAM's two-way decoder with adapter slots) and
 :mod:`~masksam.networks.settings` (build settings that travel with the weights). Per method:
 :mod:`~masksam.networks.masksam` with its :mod:`~masksam.networks.prompt_generator`;
-:mod:`~masksam.networks.ma_sam`; :mod:`~masksam.networks.med_sa`; :mod:`~masksam.networks.sam_unet` with its :mod:`~masksam.networks.conv_branch`.
+:mod:`~masksam.networks.ma_sam`; :mod:`~masksam.networks.med_sa`; :mod:`~masksam.networks.sam_unet` with its
+:mod:`~masksam.networks.conv_branch`.
 """
 
 from __future__ import annotations

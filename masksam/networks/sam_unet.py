@@ -1,9 +1,9 @@
 # Copyright (c) MaskSAM contributors. Licensed under the Apache License, Version 2.0.
 """SAM-UNet (Yang et al., 2024): a convolutional branch beside SAM's frozen image encoder, multi-scale fusion.
 
-A torchvision ResNet (34 or 50; :mod:`masksam.networks.conv_branch`) reads the same SAM-normalised slice as SAM's frozen image encoder; a
-:class:`Reshaper` brings each of its four stages to the token grid of one feature level of the encoder, where
-the shared encoder adds it (``injections`` of :func:`masksam.backbones.build_encoder3d`: before SAM's
+A torchvision ResNet (34 or 50; :mod:`masksam.networks.conv_branch`) reads the same SAM-normalised slice as SAM's
+frozen image encoder; a :class:`Reshaper` brings each of its four stages to the token grid of one feature level of
+the encoder, where the shared encoder adds it (``injections`` of :func:`masksam.backbones.build_encoder3d`: before SAM's
 global-attention blocks for a ViT, at the stage outputs of LiteMedSAM's TinyViT). Bridges up-sample the first
 three levels and the neck to SAM's mask resolution (4x the image embedding) and sum them: the multi-scale
 feature. SAM's two-way transformer decodes one new output token with the sparse prompts; SAM's up-scaling of

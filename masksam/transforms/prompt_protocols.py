@@ -165,7 +165,7 @@ class PromptProtocold(MapTransform):
         key = self.keys[0]
         label = d[key]
         if label.ndim != 4 or label.shape[0] != 1:
-            raise ValueError(f"PromptProtocold: '{key}' must be (1, H, W, D), got shape {tuple(label.shape)}")
+            raise ValueError(f"PromptProtocold: {key!r} must be (1, H, W, D), got shape {tuple(label.shape)}")
         if isinstance(self.class_value, Sequence):
             parts = [self._one(label, int(v)) for v in self.class_value]
             target = torch.cat([t for t, _, _ in parts])

@@ -224,7 +224,7 @@ class RandPromptsd(Randomizable, MapTransform):
         key = self.keys[0]
         label = d[key]
         if label.ndim != 4 or label.shape[0] != 1:
-            raise ValueError(f"RandPromptsd: '{key}' must be (1, H, W, D), got shape {tuple(label.shape)}")
+            raise ValueError(f"RandPromptsd: {key!r} must be (1, H, W, D), got shape {tuple(label.shape)}")
         self.randomize(label)
         mask = (label == self._class) if self._class else torch.zeros_like(label, dtype=torch.bool)
         depth = label.shape[-1]

@@ -102,10 +102,10 @@ class PromptsToWorldd(MapTransform):
 
     def _to_world(self, prompts: Any, source: str, image: Any, key: Hashable) -> dict[str, Any]:
         if not isinstance(prompts, Mapping) or prompts.get("space", "voxel") != "voxel" or "boxes" not in prompts:
-            raise PromptError(f"{source}: PromptsToWorldd expects the voxel prompts of LoadPromptsd under '{key}'")
+            raise PromptError(f"{source}: PromptsToWorldd expects the voxel prompts of LoadPromptsd under {key!r}")
         affine = getattr(image, "affine", None)
         if affine is None:
-            raise PromptError(f"{source}: the image under '{self.image_key}' has no affine (load it as a MetaTensor)")
+            raise PromptError(f"{source}: the image under {self.image_key!r} has no affine (load it as a MetaTensor)")
         return {
             "space": "world",
             "points": _map(torch.as_tensor(prompts["points"]), affine),
@@ -145,7 +145,7 @@ class PromptsToVoxeld(MapTransform):
     @staticmethod
     def _to_voxel(prompts: Any, source: str, image: Any, key: Hashable) -> dict[str, Any]:
         if not isinstance(prompts, Mapping) or prompts.get("space") != "world":
-            raise PromptError(f"{source}: PromptsToVoxeld expects the world prompts of PromptsToWorldd under '{key}'")
+            raise PromptError(f"{source}: PromptsToVoxeld expects the world prompts of PromptsToWorldd under {key!r}")
         inverse = torch.linalg.inv(torch.as_tensor(image.affine, dtype=torch.float64))
         shape = torch.tensor(image.shape[1:], dtype=torch.float32)
         points = _map(prompts["points"], inverse)
@@ -304,7 +304,7 @@ class SlicePromptsd(MapTransform):
 
     def _slices(self, prompts: Any, source: str, depth: int, key: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(prompts, Mapping) or "boxes" not in prompts or prompts.get("space", "voxel") != "voxel":
-            raise PromptError(f"{source}: SlicePromptsd expects voxel prompts (PromptsToVoxeld) under '{key}'")
+            raise PromptError(f"{source}: SlicePromptsd expects voxel prompts (PromptsToVoxeld) under {key!r}")
         return slice_prompts(
             prompts["points"], prompts["point_labels"], prompts["boxes"], depth, self.num_points, source
         )

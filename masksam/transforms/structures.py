@@ -54,7 +54,7 @@ class SaveStructuresd(MapTransform):
             values = [int(v) for v in d.get(self.structures_key) or range(1, mask.shape[0] + 1)]
             if len(values) != mask.shape[0]:
                 raise ValueError(
-                    f"'{key}' has {mask.shape[0]} structures but '{self.structures_key}' names {len(values)}"
+                    f"{key!r} has {mask.shape[0]} structures but {self.structures_key!r} names {len(values)}"
                 )
             for m, value in enumerate(values):
                 layout = NewFilesLayout(
