@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, list_data_collate
 
 from masksam.transforms import RandPromptsd, error_region_clicks, jitter_boxes, random_voxels, tight_boxes
 
@@ -132,3 +132,11 @@ def test_error_region_clicks_pick_the_larger_error_with_its_sign() -> None:
         error_region_clicks(pred, target, mode="random")
     with pytest.raises(ValueError, match=r"pred \(2, 15, 15, 3\) and target \(15, 15, 3\) must both be"):
         error_region_clicks(pred, target[0])
+
+
+def test_simulated_prompts_collate_to_batches() -> None:
+    label = make_label()
+    items = [run(label, s, num_positive=1, num_negative=1, box_prob=p) for s, p in ((0, 0.0), (1, 1.0))]
+    batch = list_data_collate(items)
+    assert batch["prompt_coords"].shape == (2, 6, 4, 2) and batch["prompt_labels"].shape == (2, 6, 4)
+    assert batch["target"].shape == (2, 1, 24, 20, 6) and batch["prompt_class"].shape == (2,)
