@@ -199,14 +199,22 @@ def slice_prompts(
         ``prompt_coords`` float32 ``(D, P, 2)`` and ``prompt_labels`` int64 ``(D, P)`` (see the module docstring).
 
     Raises:
-        PromptError: no prompt at all ("empty"), a prompt on a slice outside ``[0, D - 1]``, more than
+        PromptError: no prompt at all ("empty"), points or boxes of the wrong shape, point labels other than 0 and
+            1, a prompt on a slice outside ``[0, D - 1]``, more than
             ``num_points`` clicks on one slice, or two boxes on one slice.
     """
     if num_points < 0:
         raise ValueError(f"num_points must be >= 0, got {num_points}")
-    points = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 3)
-    point_labels = torch.as_tensor(point_labels, dtype=torch.int64).reshape(-1)
-    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 6)
+    points, boxes = torch.as_tensor(points, dtype=torch.float32), torch.as_tensor(boxes, dtype=torch.float32)
+    point_labels = torch.as_tensor(point_labels, dtype=torch.int64)
+    for name, value, width in (("points", points, 3), ("boxes", boxes, 6)):
+        if value.numel() and (value.ndim != 2 or value.shape[1] != width):
+            raise PromptError(f"{source}: {name} must be ({name[0].upper()}, {width}), got shape {tuple(value.shape)}")
+    points, boxes, point_labels = points.reshape(-1, 3), boxes.reshape(-1, 6), point_labels.reshape(-1)
+    if not torch.isin(point_labels, torch.tensor([0, 1])).all():
+        raise PromptError(
+            f"{source}: point labels must be 1 (foreground) or 0 (background), got {point_labels.tolist()}"
+        )
     if len(points) == 0 and len(boxes) == 0:
         raise PromptError(f"{source}: empty: no point and no box to prompt with")
     if len(point_labels) != len(points):

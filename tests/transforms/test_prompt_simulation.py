@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from monai.data import MetaTensor
+from monai.data import MetaTensor, list_data_collate
 
 from masksam.transforms import RandPromptsd, error_region_clicks, jitter_boxes, random_voxels, tight_boxes
 
@@ -116,12 +116,12 @@ def test_error_region_clicks_pick_the_larger_error_with_its_sign() -> None:
     pred[0, 4:13, 1:6, 1] = True  # slice 1: a 9x5 false positive ...
     target[0, 0, 0:3, 1] = True  # ... and 3 missed voxels
     target[0, :, :, 2] = pred[0, :, :, 2] = True  # slice 2: right
-    target[1, 7, 0:3, 0] = True  # case 1, slice 0: a 3-voxel miss on the edge
+    target[1, 0:9, 0:3, 0] = True  # case 1, slice 0: a 9x3 miss in the corner
     coords, labels = error_region_clicks(pred, target)
     assert coords.shape == (2, 3, 1, 2) and labels.shape == (2, 3, 1)
     assert labels[0, :, 0].tolist() == [1, 0, -1] and labels[1, :, 0].tolist() == [1, -1, -1]
     assert coords[0, 0, 0].tolist() == [5, 5] and coords[0, 1, 0].tolist() == [6, 3], "centres (first of ties)"
-    assert coords[1, 0, 0].tolist() == [7, 0], "the slice edge counts as border: first of the equidistant voxels"
+    assert coords[1, 0, 0].tolist() == [1, 1], "the slice's edge counts as border (else (0, 0) would be farthest)"
     for seed in range(5):
         rc, rl = error_region_clicks(pred[0], target[0], mode="random", rng=np.random.RandomState(seed))
         assert rl[:, 0].tolist() == [1, 0, -1]
@@ -132,3 +132,11 @@ def test_error_region_clicks_pick_the_larger_error_with_its_sign() -> None:
         error_region_clicks(pred, target, mode="random")
     with pytest.raises(ValueError, match=r"pred \(2, 15, 15, 3\) and target \(15, 15, 3\) must both be"):
         error_region_clicks(pred, target[0])
+
+
+def test_simulated_prompts_collate_to_batches() -> None:
+    label = make_label()
+    items = [run(label, s, num_positive=1, num_negative=1, box_prob=p) for s, p in ((0, 0.0), (1, 1.0))]
+    batch = list_data_collate(items)
+    assert batch["prompt_coords"].shape == (2, 6, 4, 2) and batch["prompt_labels"].shape == (2, 6, 4)
+    assert batch["target"].shape == (2, 1, 24, 20, 6) and batch["prompt_class"].shape == (2,)

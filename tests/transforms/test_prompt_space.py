@@ -153,6 +153,9 @@ def test_slice_prompts_puts_points_on_their_slice_and_boxes_on_every_slice_they_
         ([[1, 1, 4.6]], [1], [], r"points\[0\] is on slice 5, outside the image's 5 slices"),
         ([], [], [[0, 0, -0.7, 1, 1, 2]], r"boxes\[0\] spans slices -1\.\.2, outside the image's 5 slices"),
         ([[1, 1, 1]], [1, 0], [], r"2 point labels for 1 points"),
+        ([[1, 1], [2, 2], [3, 3]], [1, 1], [], r"points must be \(P, 3\), got shape \(3, 2\)"),
+        ([], [], [[0, 0, 1, 2, 2, 3, 4]], r"boxes must be \(B, 6\), got shape \(1, 7\)"),
+        ([[1, 1, 1]], [2], [], r"point labels must be 1 \(foreground\) or 0 \(background\), got \[2\]"),
     ],
 )
 def test_slice_prompts_errors(points: Any, labels: Any, boxes: Any, message: str) -> None:
