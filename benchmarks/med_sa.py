@@ -83,8 +83,8 @@ def main() -> None:
     result = {
         "config": {"backbone": args.backbone, "size": args.size, "slices": args.slices, "dtype": str(dtype)},
         "machine": info,
-        "time_s": {k: round(v, 4) for k, v in medians.items()},
-        "runs_s": {k: [round(t, 4) for t in v] for k, v in runs.items()},
+        "time_s": {k: round(v, 6) for k, v in medians.items()},
+        "runs_s": {k: [round(t, 6) for t in v] for k, v in runs.items()},
         "ratio_next_vs_first": round(medians["next"] / medians["first"], 4),
         "ratio_refine_vs_first": round(medians["refine"] / medians["first"], 4),
     }
