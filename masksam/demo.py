@@ -463,9 +463,7 @@ def _run_prompted(
     before: dict[str, list[float]] = {}
     t_zero = 0.0
     if method.zero_shot:
-        print(
-            f"[demo] {method.title}: zero-shot LiteMedSAM (every adapter a zero delta) under {', '.join(protocols)}"
-        )
+        print(f"[demo] {method.title}: zero-shot LiteMedSAM (every adapter a zero delta) under {', '.join(protocols)}")
         t0 = time.time()
         before, _ = _score_protocols(_bundle_network(bundle, overrides).eval(), image, label, len(names), protocols)
         t_zero = time.time() - t0
