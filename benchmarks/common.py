@@ -36,6 +36,7 @@ __all__ = [
     "synchronize",
     "timed",
     "interleaved_medians",
+    "interleaved_parts",
     "peak_memory_mib",
     "rss_kib",
     "run_child",
@@ -125,6 +126,34 @@ def interleaved_medians(
         for name, fn in variants.items():
             runs[name].append(timed(fn, device))
     return {name: {"median_s": statistics.median(r), "runs_s": [round(t, 4) for t in r]} for name, r in runs.items()}
+
+
+def interleaved_parts(
+    variants: dict[str, Callable[[], Any]],
+    timer: ModuleTimer,
+    measured: str,
+    device: torch.device,
+    rounds: int,
+    warmup: int = 1,
+) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+    """Run the variants in turn ``rounds`` times after ``warmup`` rounds, timing ``measured``'s parts with ``timer``.
+
+    Returns:
+        the seconds of each variant's runs, and for each run of ``measured`` its seconds per group of ``timer``
+        with the run's ``"total"``.
+    """
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    parts: list[dict[str, float]] = []
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            timer.times = {}
+            wall[name].append(timed(fn, device))
+            if name == measured:
+                parts.append({**timer.times, "total": wall[name][-1]})
+    return wall, parts
 
 
 def rss_kib(field: str) -> int:

@@ -51,6 +51,7 @@ from common import (
     ModuleTimer,
     begin_benchmark,
     ct_like_volume,
+    interleaved_parts,
     module_flops,
     peak_memory_mib,
     print_result,
@@ -141,21 +142,7 @@ def measure_forward(
         flops = module_flops(calls["ma_sam"])
         plain_flops = module_flops(calls["plain_encoder"])[""]
         timer = ModuleTimer(groups(net), device)
-        for _ in range(args.warmup):
-            for fn in calls.values():
-                fn()
-        wall: dict[str, list[float]] = {name: [] for name in calls}
-        parts: list[dict[str, float]] = []
-        for _ in range(args.rounds):
-            for name, fn in calls.items():
-                timer.times = {}
-                synchronize(device)
-                start = time.perf_counter()
-                fn()
-                synchronize(device)
-                wall[name].append(time.perf_counter() - start)
-                if name == "ma_sam":
-                    parts.append({**timer.times, "total": wall[name][-1]})
+        wall, parts = interleaved_parts(calls, timer, "ma_sam", device, args.rounds, args.warmup)
         timer.remove()
     med = {name: statistics.median(r) for name, r in wall.items()}
     part_s = {row: statistics.median(derive(expr, p) for p in parts) for row, expr in ROWS}

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import ModuleTimer, begin_benchmark, ct_like_volume, module_flops, print_result, synchronize
+from common import ModuleTimer, begin_benchmark, ct_like_volume, interleaved_parts, module_flops, print_result
 from ma_sam import derive
 from torch import nn
 
@@ -87,21 +86,7 @@ def measure(cnn: str, args: argparse.Namespace, device: torch.device, dtype: tor
         flops = module_flops(calls["sam_unet"])
         plain_flops = module_flops(calls["plain_encoder"])[""]
         timer = ModuleTimer(groups(net), device)
-        for _ in range(args.warmup):
-            for fn in calls.values():
-                fn()
-        wall: dict[str, list[float]] = {name: [] for name in calls}
-        parts: list[dict[str, float]] = []
-        for _ in range(args.rounds):
-            for name, fn in calls.items():
-                timer.times = {}
-                synchronize(device)
-                start = time.perf_counter()
-                fn()
-                synchronize(device)
-                wall[name].append(time.perf_counter() - start)
-                if name == "sam_unet":
-                    parts.append({**timer.times, "total": wall[name][-1]})
+        wall, parts = interleaved_parts(calls, timer, "sam_unet", device, args.rounds, args.warmup)
         timer.remove()
     paths = {id(m): path for path, m in net.named_modules()}
     counted = {name: sum(flops.get(paths[id(m)], 0) for m in ms) for name, ms in groups(net).items()}
