@@ -603,12 +603,12 @@ def run_demo(
     structures = list(next(iter(results.values()))["dice"])
     print("\n[demo] Dice per structure (single-subject fit: trained and evaluated on the same Colin27 volume; this")
     print("[demo] shows the pipelines run on real data and real weights, not how they generalise)")
-    print(f"  {'method':<14s}" + "".join(f"{s[:9]:>10s}" for s in structures) + f"{'mean':>8s}{'epochs':>8s}"
+    print(f"  {'method':<16s}" + "".join(f"{s[:9]:>10s}" for s in structures) + f"{'mean':>8s}{'epochs':>8s}"
           f"{'train s':>9s}{'infer s':>9s}")  # fmt: skip
     for name, r in results.items():
         title = METHODS[name].title + (" (box)*" if METHODS[name].prompted else "")
         print(
-            f"  {title:<14s}" + "".join(f"{r['dice'][s]:>10.3f}" for s in structures)
+            f"  {title:<16s}" + "".join(f"{r['dice'][s]:>10.3f}" for s in structures)
             + f"{r['mean_dice']:>8.3f}{r['epochs']:>8d}{r['train_seconds']:>9.0f}{r['infer_seconds']:>9.0f}"
         )  # fmt: skip
     if any(METHODS[name].prompted for name in results):
