@@ -484,6 +484,7 @@ def _run_prompted(
     overlay = save_overlay_png(
         image[0].as_subclass(torch.Tensor).numpy(), truth, box_map, out / "overlay.png", class_names=names,
         title=f"{method.title} demo, box prompts: mean Dice {np.mean(after['box']):.3f} (single-subject fit)",
+        spacing=[float(v) for v in image.pixdim[:3]],  # the model grid's voxels are not cubes (in-plane resize)
     )  # fmt: skip
     curves = save_training_curves(history, out / "training_curves.png", title=f"{method.title} demo training")
     print(f"\n[demo] {method.title}: Dice per structure in the model's grid, prompts made from the AAL labels")
