@@ -170,8 +170,8 @@ def med_sa_demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, ep
 def sam_unet_demo_overrides(work_dir: Path, dataset_dir: Path, checkpoint: str, epochs: int) -> dict[str, Any]:
     """SAM-UNet bundle settings of the demo: LiteMedSAM backbone at its 256 x 256 input, a random-init ResNet-34.
 
-    Departures from the bundle's (the paper's) recipe, for a single-volume fit of a few minutes on a CPU: 2 slices
-    per step instead of 50; learning rate 1e-3 instead of 1e-4, with no decay; no ImageNet weights for the ResNet
+    Departures from the bundle's (the research code's) recipe, for a single-volume fit of a few minutes on a CPU: 2
+    slices per step instead of 50; learning rate 1e-3 instead of 1e-4, with no decay; no ImageNet weights for the ResNet
     (nothing is downloaded).
     """
     return {
@@ -451,7 +451,7 @@ def _run_prompted(
 
     from masksam.backbones import lite_medsam_checkpoint_path
     from masksam.data import class_names
-    from masksam.engines import latest_checkpoint
+    from masksam.engines import latest_checkpoint, load_network_weights
     from masksam.visualize import save_overlay_png, save_training_curves
 
     bundle = BUNDLES / method.bundle
@@ -475,8 +475,9 @@ def _run_prompted(
     print(f"[demo] {method.title}: trained {len(history['train loss'])} of {epochs} epochs in {t_train:.0f} s")
     t2 = time.time()
     trained = _bundle_network(bundle, {**overrides, "sam_checkpoint": None})
-    state = torch.load(latest_checkpoint(out / "models"), map_location="cpu", weights_only=True)
-    trained.load_state_dict(state["model"] if "model" in state else state)
+    checkpoint = latest_checkpoint(out / "models")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    load_network_weights(trained, state["model"] if "model" in state else state, str(checkpoint))
     after, box_map = _score_protocols(trained.eval(), image, label, len(names), protocols)
     t_infer = time.time() - t2
 
